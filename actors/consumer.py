@@ -1,0 +1,215 @@
+"""The consumer actor: owns the Kafka consumer and feeds valid events to the store.
+
+Delivery is at-least-once: a record's offset is stored (and later committed) only after the
+store confirmed the event, or after a malformed record was dead-lettered or logged. Records are
+handled in order, one batch at a time, so every stored offset is the next contiguous one. A crash
+between "stored" and "committed" replays a few records after a restart; the store's idempotency
+by eventId absorbs them, which makes the result effectively once.
+
+The actor does not poll while it is waiting on the store: the store answers in microseconds and
+a batch is bounded (``CONSUMER_BATCH_SIZE``), so the member stays well inside
+``max.poll.interval.ms`` without the pause/resume dance that a slow sink would need.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import trio
+
+from actors.backoff import Backoff
+from actors.events import Limits, MalformedEvent, UserEvent, decode_event
+from actors.health import ActorState, Health
+from actors.logs import log_fields
+from actors.messages import Put, PutOutcome, StoreCommand, Stored
+from actors.ports import ConsumerPort, DeliveryReport, KafkaFailure, ProducerPort, Record
+
+__all__ = ["CONSUME_TIMEOUT", "run_consumer"]
+
+log = logging.getLogger(__name__)
+
+ACTOR = "consumer"
+
+#: Longest one consume() call waits for records; bounds how fast a stop is noticed.
+CONSUME_TIMEOUT = 0.5
+
+#: Bound on the final commit and group leave, which must not hold up shutdown forever.
+CLOSE_SECONDS = 5.0
+
+
+class _Consumer:
+    def __init__(
+        self,
+        *,
+        consumer: ConsumerPort,
+        store: trio.MemorySendChannel[StoreCommand],
+        dead_letters: _DeadLetters | None,
+        limits: Limits,
+        health: Health,
+    ) -> None:
+        self._consumer = consumer
+        self._store = store
+        self._dead_letters = dead_letters
+        self._limits = limits
+        self._health = health
+
+    async def consume_batch(self, batch_size: int) -> None:
+        records = await self._consumer.consume(batch_size, CONSUME_TIMEOUT)
+        self._report_health()
+        for record in records:
+            await self._handle(record)
+            self._consumer.store_offset(record)
+
+    async def _handle(self, record: Record) -> None:
+        try:
+            event = decode_event(record.value, self._limits)
+        except MalformedEvent as error:
+            await self._reject(record, str(error))
+            return
+        outcome = await self._put(event)
+        log_fields(
+            log,
+            logging.INFO,
+            "event consumed",
+            eventId=event.event_id,
+            userId=event.user_id,
+            eventType=event.event_type,
+            partition=record.partition,
+            offset=record.offset,
+            outcome="stored" if isinstance(outcome, Stored) else "duplicate",
+        )
+
+    async def _put(self, event: UserEvent) -> PutOutcome:
+        send, receive = trio.open_memory_channel[PutOutcome](1)
+        await self._store.send(Put(event=event, reply=send))
+        with receive:
+            return await receive.receive()
+
+    async def _reject(self, record: Record, reason: str) -> None:
+        self._health.count("malformed")
+        log_fields(
+            log,
+            logging.WARNING,
+            "malformed message skipped",
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            reason=reason,
+            deadLettered=self._dead_letters is not None,
+        )
+        if self._dead_letters is not None:
+            await self._dead_letters.send(record, reason)
+            self._health.count("dead_lettered")
+
+    def _report_health(self) -> None:
+        if self._consumer.connected is False:
+            self._health.report(ACTOR, ActorState.DEGRADED, "broker unreachable")
+        elif not self._consumer.assigned:
+            self._health.report(ACTOR, ActorState.STARTING, "joining the consumer group")
+        else:
+            self._health.report(ACTOR, ActorState.RUNNING)
+
+
+class _DeadLetters:
+    """Copies malformed records to the dead-letter topic and waits for the broker's ack.
+
+    A record's offset is stored only after this returns, so a poison message is never lost:
+    while the dead-letter topic cannot be written, consumption waits and retries.
+    """
+
+    def __init__(self, *, producer: ProducerPort, topic: str, backoff: Backoff) -> None:
+        self._producer = producer
+        self._topic = topic
+        self._backoff = backoff
+
+    async def send(self, record: Record, reason: str) -> None:
+        headers = (
+            *record.headers,
+            ("dlq.reason", reason.encode()),
+            ("dlq.source.topic", record.topic.encode()),
+            ("dlq.source.partition", str(record.partition).encode()),
+            ("dlq.source.offset", str(record.offset).encode()),
+        )
+        attempt = 1
+        while (failure := await self._deliver(record, headers)) is not None:
+            delay = self._backoff.delay(attempt)
+            log_fields(
+                log,
+                logging.WARNING,
+                "dead-letter write failed",
+                code=failure.code,
+                partition=record.partition,
+                offset=record.offset,
+                retryIn=round(delay, 3),
+            )
+            await trio.sleep(delay)
+            attempt += 1
+
+    async def _deliver(
+        self, record: Record, headers: tuple[tuple[str, bytes], ...]
+    ) -> KafkaFailure | None:
+        reports: list[DeliveryReport] = []
+        try:
+            self._producer.produce(
+                topic=self._topic,
+                key=record.key,
+                value=record.value,
+                headers=headers,
+                on_delivery=reports.append,
+            )
+        except BufferError:
+            return KafkaFailure(code="_QUEUE_FULL", reason="local queue full", retriable=True)
+        while not reports:
+            await self._producer.poll(CONSUME_TIMEOUT)
+        report = reports[0]
+        return report if isinstance(report, KafkaFailure) else None
+
+    async def flush(self) -> None:
+        await self._producer.flush(CLOSE_SECONDS)
+
+
+async def run_consumer(
+    *,
+    open_consumer: Callable[[], ConsumerPort],
+    open_dead_letter_producer: Callable[[], ProducerPort] | None,
+    dlq_topic: str | None,
+    store: trio.MemorySendChannel[StoreCommand],
+    limits: Limits,
+    batch_size: int,
+    backoff: Backoff,
+    health: Health,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Consume until cancelled; then commit what the store confirmed and leave the group.
+
+    ``store`` belongs to the supervisor; this actor only sends on it.
+
+    Cancellation: the normal way to stop this actor. The record being handled when the cancel
+    arrives is not marked processed, so it is read again after a restart. The final commit and
+    close are shielded and bounded by :data:`CLOSE_SECONDS`.
+    """
+    consumer = open_consumer()
+    dead_letters = None
+    if dlq_topic is not None and open_dead_letter_producer is not None:
+        dead_letters = _DeadLetters(
+            producer=open_dead_letter_producer(), topic=dlq_topic, backoff=backoff
+        )
+    actor = _Consumer(
+        consumer=consumer, store=store, dead_letters=dead_letters, limits=limits, health=health
+    )
+    health.report(ACTOR, ActorState.STARTING, "joining the consumer group")
+    try:
+        task_status.started()
+        while True:
+            await actor.consume_batch(batch_size)
+    finally:
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(CLOSE_SECONDS) as bounded:
+                await consumer.close()
+            if dead_letters is not None:
+                await dead_letters.flush()
+        health.report(ACTOR, ActorState.STOPPED)
+        log_fields(
+            log, logging.INFO, "consumer stopped", closedCleanly=not bounded.cancelled_caught
+        )

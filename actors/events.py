@@ -1,0 +1,312 @@
+"""The UserEvent: its shape, its validation and its one canonical JSON encoding.
+
+Two doors let events in and both are hostile: the HTTP body a client sends
+(:func:`event_from_request`) and the bytes a Kafka message carries (:func:`decode_event`). Both
+parse JSON strictly (UTF-8 only, no duplicate keys, no NaN or out-of-range numbers, bounded
+nesting) and apply the same :class:`Limits`, so an event the service accepted over HTTP is always
+one its consumer accepts.
+
+Synopsis::
+
+    limits = Limits()
+    event = event_from_request(b'{"userId": "u1", "eventType": "LOGIN"}', limits)
+    event.to_json()            # b'{"eventId":"...","userId":"u1",...}'
+    decode_event(event.to_json(), limits) == event
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+__all__ = [
+    "EVENT_TYPES",
+    "InvalidRequest",
+    "Limits",
+    "MalformedEvent",
+    "Problem",
+    "UserEvent",
+    "decode_event",
+    "event_from_request",
+    "new_event",
+    "utc_timestamp",
+]
+
+#: Every eventType the service knows; the EVENT_TYPES setting may narrow it.
+EVENT_TYPES = frozenset({"LOGIN", "LOGOUT", "PRODUCT_VIEW"})
+
+_FIELDS = ("eventId", "userId", "eventType", "timestamp", "payload")
+_INT64 = 2**63
+
+
+@attrs.frozen(kw_only=True)
+class Limits:
+    """Bounds applied to every event, whichever door it comes through."""
+
+    event_types: frozenset[str] = EVENT_TYPES
+    max_user_id_length: int = 256
+    max_payload_depth: int = 16
+    max_payload_bytes: int = 32 * 1024
+
+
+@attrs.frozen(kw_only=True, eq=False)
+class UserEvent:
+    """One user-activity event, valid by construction through this module's functions.
+
+    ``payload`` is a JSON object; treat it as read-only.
+    """
+
+    event_id: str
+    user_id: str
+    event_type: str
+    timestamp: str
+    payload: Mapping[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "eventId": self.event_id,
+            "userId": self.user_id,
+            "eventType": self.event_type,
+            "timestamp": self.timestamp,
+            "payload": self.payload,
+        }
+
+    def to_json(self) -> bytes:
+        """The canonical encoding: compact UTF-8 JSON with the five fields in a fixed order."""
+        return _compact(self.to_dict()).encode()
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, UserEvent):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()
+
+    __hash__ = None  # type: ignore[assignment]  # payload is a mutable mapping
+
+
+@attrs.frozen
+class Problem:
+    """One thing wrong with a request: the field it concerns (or ``body``) and why."""
+
+    field: str
+    message: str
+
+
+class InvalidRequest(ValueError):
+    """The HTTP body cannot become an event; ``problems`` lists every reason found."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("; ".join(f"{p.field}: {p.message}" for p in problems))
+        self.problems = problems
+
+
+class MalformedEvent(ValueError):
+    """A Kafka message is not a valid UserEvent; the message says why in a few words."""
+
+
+def utc_timestamp(now: datetime.datetime | None = None) -> str:
+    """ISO 8601 in UTC with milliseconds and a ``Z``, e.g. ``2026-11-21T10:33:25.123Z``."""
+    moment = now or datetime.datetime.now(datetime.UTC)
+    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.") + (
+        f"{moment.microsecond // 1000:03d}Z"
+    )
+
+
+def new_event(*, user_id: str, event_type: str, payload: Mapping[str, Any]) -> UserEvent:
+    """Stamp a client's fields with a fresh eventId (UUID4) and the current UTC time."""
+    return UserEvent(
+        event_id=str(uuid.uuid4()),
+        user_id=user_id,
+        event_type=event_type,
+        timestamp=utc_timestamp(),
+        payload=payload,
+    )
+
+
+def event_from_request(body: bytes, limits: Limits) -> UserEvent:
+    """Validate a POST body and build the event from it.
+
+    Client-supplied ``eventId`` and ``timestamp`` are ignored: the service always makes its own.
+
+    Raises:
+        InvalidRequest: listing every problem found, not only the first.
+    """
+    try:
+        document = _parse_json(body)
+    except MalformedEvent as error:
+        raise InvalidRequest([Problem("body", str(error))]) from None
+    if not isinstance(document, dict):
+        raise InvalidRequest([Problem("body", "must be a JSON object")])
+    problems = _field_problems(document, limits, require_identity=False)
+    if problems:
+        raise InvalidRequest(problems)
+    return new_event(
+        user_id=document["userId"],
+        event_type=document["eventType"],
+        payload=document.get("payload") or {},
+    )
+
+
+def decode_event(value: bytes | None, limits: Limits) -> UserEvent:
+    """Turn a Kafka message value into an event, or say in a few words why it is not one.
+
+    Raises:
+        MalformedEvent: for a tombstone, bytes that are not UTF-8 JSON, a JSON value that is
+            not an object, or an object that breaks the schema or the limits.
+    """
+    if value is None:
+        raise MalformedEvent("null value (tombstone)")
+    document = _parse_json(value)
+    if not isinstance(document, dict):
+        raise MalformedEvent(f"JSON {type(document).__name__} instead of an object")
+    problems = _field_problems(document, limits, require_identity=True)
+    if problems:
+        raise MalformedEvent("; ".join(f"{p.field}: {p.message}" for p in problems))
+    return UserEvent(
+        event_id=document["eventId"],
+        user_id=document["userId"],
+        event_type=document["eventType"],
+        timestamp=document["timestamp"],
+        payload=document.get("payload") or {},
+    )
+
+
+def _field_problems(
+    document: dict[str, Any], limits: Limits, *, require_identity: bool
+) -> list[Problem]:
+    checks: list[tuple[str, Callable[[Any, Limits], str | None], bool]] = [
+        ("userId", _user_id_problem, True),
+        ("eventType", _event_type_problem, True),
+        ("payload", _payload_problem, False),
+    ]
+    if require_identity:
+        checks[:0] = [("eventId", _event_id_problem, True), ("timestamp", _timestamp_problem, True)]
+    problems = []
+    for field, check, required in checks:
+        if field not in document:
+            if required:
+                problems.append(Problem(field, "is required"))
+            continue
+        message = check(document[field], limits)
+        if message:
+            problems.append(Problem(field, message))
+    return problems
+
+
+def _user_id_problem(value: Any, limits: Limits) -> str | None:
+    if not isinstance(value, str):
+        return "must be a string"
+    if not value.strip():
+        return "must not be empty"
+    if len(value) > limits.max_user_id_length:
+        return f"must be at most {limits.max_user_id_length} characters"
+    return None
+
+
+def _event_type_problem(value: Any, limits: Limits) -> str | None:
+    if not isinstance(value, str) or value not in limits.event_types:
+        return f"must be one of {', '.join(sorted(limits.event_types))}"
+    return None
+
+
+def _payload_problem(value: Any, limits: Limits) -> str | None:
+    if value is None:
+        return None  # an explicit null means "no payload"
+    if not isinstance(value, dict):
+        return "must be a JSON object"
+    if _depth(value) > limits.max_payload_depth:
+        return f"must not nest deeper than {limits.max_payload_depth} levels"
+    if len(_compact(value).encode()) > limits.max_payload_bytes:
+        return f"must be at most {limits.max_payload_bytes} bytes as JSON"
+    return None
+
+
+def _event_id_problem(value: Any, limits: Limits) -> str | None:
+    try:
+        uuid.UUID(value)
+    except (TypeError, ValueError, AttributeError):
+        return "must be a UUID string"
+    return None
+
+
+def _timestamp_problem(value: Any, limits: Limits) -> str | None:
+    if not isinstance(value, str):
+        return "must be an ISO 8601 string"
+    try:
+        datetime.datetime.fromisoformat(value)
+    except ValueError:
+        return "must be an ISO 8601 string"
+    return None
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of objects and arrays: ``{}`` is 1, ``{"a": []}`` is 2."""
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _parse_json(raw: bytes) -> Any:
+    """Strict JSON: UTF-8, no duplicate keys, finite numbers in the int64/float64 range."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedEvent("not valid UTF-8") from None
+    try:
+        return json.loads(
+            text,
+            object_pairs_hook=_reject_duplicate_keys,
+            parse_int=_bounded_int,
+            parse_float=_finite_float,
+            parse_constant=_reject_constant,
+        )
+    except RecursionError:
+        raise MalformedEvent("JSON nested too deeply") from None
+    except MalformedEvent:
+        raise
+    except ValueError as error:  # json.JSONDecodeError and int-conversion limits
+        raise MalformedEvent(f"not valid JSON ({_first_line(error)})") from None
+
+
+def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise MalformedEvent(f"duplicate key {key!r}")
+        seen.add(key)
+    return dict(pairs)
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > 20:
+        raise MalformedEvent("number out of range")
+    value = int(text)
+    if not -_INT64 <= value < _INT64:
+        raise MalformedEvent("number out of range")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise MalformedEvent("number out of range")
+    return value
+
+
+def _reject_constant(name: str) -> Any:
+    raise MalformedEvent(f"{name} is not valid JSON")
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__

@@ -1,0 +1,211 @@
+"""The HTTP actor: quart-trio served by hypercorn's trio worker.
+
+It holds no events itself. ``POST /events/generate`` builds the event and asks the publisher,
+``GET /events/processed`` asks the store, ``GET /health`` reads the shared health record. Every
+answer, errors included, is JSON; no stack trace ever reaches a client.
+
+A caller that must answer fast does not queue behind a full mailbox: a full publisher inbox or
+an unconfirmed publish becomes ``503`` with ``Retry-After`` at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from actors.events import InvalidRequest, Limits, event_from_request
+from actors.health import Health
+from actors.logs import log_fields
+from actors.messages import (
+    ListEvents,
+    Published,
+    PublishFailed,
+    PublishOutcome,
+    PublishRequest,
+    StoreCommand,
+)
+from actors.openapi import openapi_document
+
+__all__ = ["HttpOptions", "create_app", "run_http"]
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("actors.http.access")
+
+#: How long a listing may wait for the store before the request fails with 503.
+STORE_QUERY_SECONDS = 5.0
+
+_JSON_TYPES = ("application/json",)
+
+
+@attrs.frozen(kw_only=True)
+class HttpOptions:
+    limits: Limits
+    publish_timeout: float
+    max_body_bytes: int
+
+
+def json_response(
+    body: bytes | dict[str, Any] | list[Any], status: int, headers: dict[str, str] | None = None
+) -> Response:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return Response(data, status=status, mimetype="application/json", headers=headers)
+
+
+def error_response(
+    status: int, error: str, message: str, *, headers: dict[str, str] | None = None, **extra: Any
+) -> Response:
+    return json_response({"error": error, "message": message, **extra}, status, headers)
+
+
+def create_app(
+    *,
+    publish: trio.MemorySendChannel[PublishRequest],
+    store: trio.MemorySendChannel[StoreCommand],
+    health: Health,
+    options: HttpOptions,
+) -> QuartTrio:
+    """The ASGI app; it reaches the other actors only through the channel ends given here."""
+    app = QuartTrio(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = options.max_body_bytes
+    retry_after = {"Retry-After": str(max(1, math.ceil(options.publish_timeout)))}
+
+    @app.post("/events/generate")
+    async def generate_event() -> Response:
+        if request.mimetype not in _JSON_TYPES and not request.mimetype.endswith("+json"):
+            return error_response(
+                415, "unsupported_media_type", "Content-Type must be application/json"
+            )
+        body = await request.get_data(cache=False, as_text=False, parse_form_data=False)
+        try:
+            event = event_from_request(body, options.limits)
+        except InvalidRequest as invalid:
+            problems = [attrs.asdict(problem) for problem in invalid.problems]
+            return error_response(
+                400, "invalid_request", "the event is not valid", problems=problems
+            )
+        outcome = await _publish(publish, event, options.publish_timeout)
+        match outcome:
+            case Published():
+                return json_response(event.to_json(), 201)
+            case PublishFailed(retriable=True, reason=reason):
+                return error_response(503, "publish_unavailable", reason, headers=retry_after)
+            case PublishFailed(reason=reason):
+                return error_response(500, "publish_failed", reason)
+        raise AssertionError(f"unexpected publish outcome {outcome!r}")
+
+    @app.get("/events/processed")
+    async def processed_events() -> Response:
+        send, receive = trio.open_memory_channel[tuple[bytes, ...]](1)
+        with trio.move_on_after(STORE_QUERY_SECONDS):
+            await store.send(ListEvents(reply=send))
+            with receive:
+                encoded = await receive.receive()
+            return json_response(b"[" + b",".join(encoded) + b"]", 200)
+        return error_response(
+            503,
+            "store_unavailable",
+            "the store did not answer in time",
+            headers={"Retry-After": "1"},
+        )
+
+    @app.get("/health")
+    async def health_check() -> Response:
+        return json_response(health.snapshot(), 200 if health.healthy else 503)
+
+    @app.get("/openapi.json")
+    async def openapi() -> Response:
+        return json_response(openapi_document(options), 200)
+
+    @app.after_request
+    async def log_request(response: Response) -> Response:
+        log_fields(
+            access_log,
+            logging.INFO,
+            "http request",
+            method=request.method,
+            path=request.path,
+            status=response.status_code,
+        )
+        return response
+
+    @app.errorhandler(HTTPException)
+    async def http_error(error: HTTPException) -> Response:
+        name = (error.name or "error").lower().replace(" ", "_")
+        response = error_response(error.code or 500, name, error.description or name)
+        if error.code == 405 and (allowed := error.get_response().headers.get("Allow")):
+            response.headers["Allow"] = allowed
+        return response
+
+    @app.errorhandler(Exception)
+    async def unexpected_error(error: Exception) -> Response:
+        log.exception("unhandled error in request handler")
+        return error_response(500, "internal_error", "the service failed to handle the request")
+
+    return app
+
+
+async def _publish(
+    publish: trio.MemorySendChannel[PublishRequest], event: Any, timeout: float
+) -> PublishOutcome:
+    """Hand the event to the publisher and wait for the broker's answer, at most ``timeout``."""
+    send, receive = trio.open_memory_channel[PublishOutcome](1)
+    deadline = trio.current_time() + timeout
+    try:
+        publish.send_nowait(PublishRequest(event=event, deadline=deadline, reply=send))
+    except trio.WouldBlock:
+        return PublishFailed(reason="too many events waiting to be published", retriable=True)
+    with receive, trio.move_on_at(deadline):
+        return await receive.receive()
+    return PublishFailed(reason="the broker did not confirm the event in time", retriable=True)
+
+
+def hypercorn_config(host: str, port: int, graceful_timeout: float) -> HypercornConfig:
+    config = HypercornConfig()
+    config.bind = [f"{host}:{port}"]
+    config.graceful_timeout = graceful_timeout
+    config.accesslog = None  # one structured line per request is logged by the app itself
+    config.errorlog = logging.getLogger("actors.http.server")
+    return config
+
+
+async def run_http(
+    *,
+    app: QuartTrio,
+    host: str,
+    port: int,
+    graceful_timeout: float,
+    shutdown_trigger: Callable[[], Awaitable[Any]],
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` until ``shutdown_trigger`` returns, then let in-flight requests finish
+    within ``graceful_timeout`` seconds.
+
+    Reports its real binds (``["http://127.0.0.1:3000"]``) through ``task_status``.
+    """
+    config = hypercorn_config(host, port, graceful_timeout)
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(_serve, app, config, shutdown_trigger)
+        log_fields(log, logging.INFO, "http listening", binds=binds)
+        task_status.started(binds)
+    log_fields(log, logging.INFO, "http stopped")
+
+
+async def _serve(
+    app: QuartTrio,
+    config: HypercornConfig,
+    shutdown_trigger: Callable[[], Awaitable[Any]],
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    await serve(app, config, shutdown_trigger=shutdown_trigger, task_status=task_status)

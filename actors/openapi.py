@@ -1,0 +1,163 @@
+"""The OpenAPI 3 description of the HTTP API, served at ``GET /openapi.json``.
+
+Built from the live limits, so the documented bounds are the enforced ones. A test compares
+its paths with the app's routes, and schemathesis fuzzes the running service against it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from actors.http import HttpOptions
+
+__all__ = ["openapi_document"]
+
+_JSON = "application/json"
+
+
+def _error_schema() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["error", "message"],
+        "properties": {
+            "error": {"type": "string"},
+            "message": {"type": "string"},
+            "problems": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["field", "message"],
+                    "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+                },
+            },
+        },
+    }
+
+
+def _error(description: str, *, retry_after: bool = False) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {_JSON: {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+    if retry_after:
+        response["headers"] = {
+            "Retry-After": {"description": "Seconds to wait", "schema": {"type": "string"}}
+        }
+    return response
+
+
+def openapi_document(options: HttpOptions) -> dict[str, Any]:
+    limits = options.limits
+    event_types = sorted(limits.event_types)
+    user_event = {
+        "type": "object",
+        "required": ["eventId", "userId", "eventType", "timestamp", "payload"],
+        "properties": {
+            "eventId": {"type": "string", "format": "uuid"},
+            "userId": {"type": "string", "minLength": 1},
+            "eventType": {"type": "string", "enum": event_types},
+            "timestamp": {"type": "string", "format": "date-time"},
+            "payload": {"type": "object"},
+        },
+    }
+    new_event = {
+        "type": "object",
+        "required": ["userId", "eventType"],
+        "properties": {
+            "userId": {"type": "string", "minLength": 1, "maxLength": limits.max_user_id_length},
+            "eventType": {"type": "string", "enum": event_types},
+            "payload": {
+                "type": "object",
+                "description": f"At most {limits.max_payload_bytes} bytes as JSON and "
+                f"{limits.max_payload_depth} levels deep.",
+            },
+        },
+    }
+    health = {
+        "description": "Each actor's state and the service's counters",
+        "content": {_JSON: {"schema": {"$ref": "#/components/schemas/Health"}}},
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "User activity events", "version": "1.0.0"},
+        "paths": {
+            "/events/generate": {
+                "post": {
+                    "summary": "Publish a user-activity event to Kafka",
+                    "requestBody": {
+                        "required": True,
+                        "content": {_JSON: {"schema": {"$ref": "#/components/schemas/NewEvent"}}},
+                    },
+                    "responses": {
+                        "201": {
+                            "description": "The broker confirmed the event",
+                            "content": {
+                                _JSON: {"schema": {"$ref": "#/components/schemas/UserEvent"}}
+                            },
+                        },
+                        "400": _error("The body is not a valid event"),
+                        "413": _error(f"The body is larger than {options.max_body_bytes} bytes"),
+                        "415": _error("The body is not JSON"),
+                        "500": _error("The broker refused the event for good"),
+                        "503": _error(
+                            "The broker is unavailable or the service is overloaded",
+                            retry_after=True,
+                        ),
+                    },
+                }
+            },
+            "/events/processed": {
+                "get": {
+                    "summary": "Every consumed event, in the order it was stored",
+                    "responses": {
+                        "200": {
+                            "description": "The stored events",
+                            "content": {
+                                _JSON: {
+                                    "schema": {
+                                        "type": "array",
+                                        "items": {"$ref": "#/components/schemas/UserEvent"},
+                                    }
+                                }
+                            },
+                        },
+                        "503": _error("The store did not answer in time", retry_after=True),
+                    },
+                }
+            },
+            "/health": {
+                "get": {
+                    "summary": "Actor states; 200 when all run, 503 when something is degraded",
+                    "responses": {"200": health, "503": health},
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "responses": {
+                        "200": {
+                            "description": "OpenAPI 3 document",
+                            "content": {_JSON: {"schema": {"type": "object"}}},
+                        }
+                    },
+                }
+            },
+        },
+        "components": {
+            "schemas": {
+                "UserEvent": user_event,
+                "NewEvent": new_event,
+                "Error": _error_schema(),
+                "Health": {
+                    "type": "object",
+                    "required": ["status", "actors", "counters"],
+                    "properties": {
+                        "status": {"type": "string", "enum": ["ok", "degraded"]},
+                        "actors": {"type": "object"},
+                        "counters": {"type": "object"},
+                    },
+                },
+            }
+        },
+    }

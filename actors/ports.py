@@ -1,0 +1,148 @@
+"""The Kafka boundary as the actors see it: value types and two small ports.
+
+The actors never touch confluent-kafka. They talk to a :class:`ProducerPort` and a
+:class:`ConsumerPort`; :mod:`actors.kafka` implements both over confluent-kafka (blocking calls
+in a worker thread), and the unit tests implement them in memory (no threads, so virtual time
+works). Keeping the ports this small is what lets the same actor code run against both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import attrs
+
+__all__ = [
+    "ConsumerPort",
+    "DeliveryReport",
+    "KafkaFailure",
+    "KafkaFatalError",
+    "Placed",
+    "ProduceRejected",
+    "ProducerPort",
+    "Record",
+]
+
+Headers = Sequence[tuple[str, bytes]]
+
+
+@attrs.frozen(kw_only=True)
+class KafkaFailure:
+    """Why Kafka did not take a message; ``retriable`` means trying again may succeed."""
+
+    code: str
+    reason: str
+    retriable: bool = False
+    fatal: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class Placed:
+    """Where the broker wrote a message."""
+
+    partition: int
+    offset: int
+
+
+DeliveryReport = Placed | KafkaFailure
+
+
+class ProduceRejected(Exception):
+    """``produce()`` refused a message at once, for a reason other than a full queue."""
+
+    def __init__(self, failure: KafkaFailure) -> None:
+        super().__init__(f"{failure.code}: {failure.reason}")
+        self.failure = failure
+
+
+class KafkaFatalError(Exception):
+    """The client hit an error it cannot recover from; the actor must be restarted."""
+
+
+@attrs.frozen(kw_only=True)
+class Record:
+    """One consumed message, copied out of the client."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+class ProducerPort(Protocol):
+    """A Kafka producer whose blocking calls are awaitable.
+
+    Delivery reports are handed to the ``on_delivery`` callback given to :meth:`produce`, during
+    :meth:`poll` or :meth:`flush`: the callback must only record the report.
+    """
+
+    @property
+    def connected(self) -> bool | None:
+        """Whether a broker connection is up; ``None`` until the client knows."""
+        ...
+
+    def produce(
+        self,
+        *,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Headers = (),
+        on_delivery: Callable[[DeliveryReport], None],
+    ) -> None:
+        """Queue one message without blocking.
+
+        Raises:
+            BufferError: the local queue is full (backpressure: poll, wait, try again).
+            ProduceRejected: any other immediate refusal.
+        """
+        ...
+
+    async def poll(self, timeout: float) -> None:
+        """Serve delivery callbacks, waiting at most ``timeout`` seconds for one."""
+        ...
+
+    async def flush(self, timeout: float) -> int:
+        """Wait up to ``timeout`` seconds for queued messages; return how many are left."""
+        ...
+
+
+class ConsumerPort(Protocol):
+    """A subscribed Kafka consumer whose blocking calls are awaitable.
+
+    The adapter commits stored offsets itself when partitions are revoked, inside the
+    rebalance callback, before another member can take them.
+    """
+
+    @property
+    def connected(self) -> bool | None:
+        """Whether a broker connection is up; ``None`` until the client knows."""
+        ...
+
+    @property
+    def assigned(self) -> bool:
+        """Whether the member has joined the group and holds its (possibly empty) assignment."""
+        ...
+
+    async def consume(self, max_messages: int, timeout: float) -> list[Record]:
+        """Fetch up to ``max_messages`` records, waiting at most ``timeout`` seconds.
+
+        Raises:
+            KafkaFatalError: the client cannot go on.
+        """
+        ...
+
+    def store_offset(self, record: Record) -> None:
+        """Mark ``record`` as processed, so the next commit moves past it."""
+        ...
+
+    async def commit(self) -> None:
+        """Commit the stored offsets synchronously (a no-op when there is nothing new)."""
+        ...
+
+    async def close(self) -> None:
+        """Commit, leave the group and release the client; the last call on the port."""
+        ...

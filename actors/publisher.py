@@ -1,0 +1,210 @@
+"""The publisher actor: owns the Kafka producer and turns publish requests into confirmations.
+
+It drains its inbox, hands each event to the producer (key = userId, so one user's events stay
+in order on one partition) and answers each request from the broker's delivery report:
+:class:`~actors.messages.Published` only once the broker acknowledged the write, which is what
+lets the HTTP actor promise that every ``201`` is on the topic.
+
+Two tasks share the producer: *intake* (``produce`` never blocks; a full local queue makes it
+wait, which in turn fills the inbox, which the HTTP actor turns into ``503``) and the *pump*
+(``poll`` in the worker thread, then settle the reports it collected).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Callable
+
+import attrs
+import trio
+from trio_util import AsyncValue
+
+from actors.backoff import Backoff
+from actors.health import ActorState, Health
+from actors.logs import log_fields
+from actors.messages import Published, PublishFailed, PublishOutcome, PublishRequest, reply
+from actors.ports import DeliveryReport, KafkaFailure, Placed, ProduceRejected, ProducerPort
+
+__all__ = ["PUMP_INTERVAL", "run_publisher"]
+
+log = logging.getLogger(__name__)
+
+ACTOR = "publisher"
+
+#: Longest one poll waits for delivery reports; also how often health is refreshed.
+PUMP_INTERVAL = 0.1
+
+#: How long a publisher that is being stopped or has failed may flush what it still holds.
+EXIT_FLUSH_SECONDS = 1.0
+
+
+@attrs.define
+class _Attempt:
+    request: PublishRequest
+    number: int = 1
+
+
+class _Publisher:
+    """The actor's state: the producer, reports waiting to be settled, work in progress."""
+
+    def __init__(
+        self, *, producer: ProducerPort, topic: str, backoff: Backoff, health: Health
+    ) -> None:
+        self._producer = producer
+        self._topic = topic
+        self._backoff = backoff
+        self._health = health
+        # Appended to by the delivery callback on the worker thread; deque appends are atomic.
+        self._reports: collections.deque[tuple[_Attempt, DeliveryReport]] = collections.deque()
+        self._unresolved = AsyncValue(0)
+
+    async def accept(self, request: PublishRequest, nursery: trio.Nursery) -> None:
+        """Take one request from the inbox; returns once the producer holds it (or it failed)."""
+        self._unresolved.value += 1
+        await self._produce(_Attempt(request), nursery)
+
+    async def _produce(self, attempt: _Attempt, nursery: trio.Nursery) -> None:
+        event = attempt.request.event
+        while True:
+            try:
+                self._producer.produce(
+                    topic=self._topic,
+                    key=event.user_id.encode(),
+                    value=event.to_json(),
+                    on_delivery=lambda report: self._reports.append((attempt, report)),
+                )
+            except BufferError:
+                self._health.count("producer_queue_full")
+                # The pump frees space as reports arrive; wait for it, within the deadline.
+                if not await self._sleep_within_deadline(attempt, self._backoff.delay(1)):
+                    self._resolve(
+                        attempt, PublishFailed(reason="producer queue full", retriable=True)
+                    )
+                    return
+            except ProduceRejected as rejected:
+                self._retry_or_fail(attempt, rejected.failure, nursery)
+                return
+            else:
+                return
+
+    async def pump(self, nursery: trio.Nursery) -> None:
+        """Poll for delivery reports and settle them, forever."""
+        while True:
+            await self._producer.poll(PUMP_INTERVAL)
+            self.settle_reports(nursery)
+            self._report_health()
+
+    def settle_reports(self, nursery: trio.Nursery | None) -> None:
+        """Answer the requests whose reports arrived; without a nursery, failures are final."""
+        while self._reports:
+            attempt, report = self._reports.popleft()
+            match report:
+                case Placed(partition=partition, offset=offset):
+                    self._resolve(attempt, Published(partition=partition, offset=offset))
+                case KafkaFailure() as failure:
+                    self._retry_or_fail(attempt, failure, nursery)
+
+    def _retry_or_fail(
+        self, attempt: _Attempt, failure: KafkaFailure, nursery: trio.Nursery | None
+    ) -> None:
+        delay = self._backoff.delay(attempt.number)
+        has_time = trio.current_time() + delay < attempt.request.deadline
+        if nursery is not None and failure.retriable and not failure.fatal and has_time:
+            log_fields(
+                log,
+                logging.INFO,
+                "publish retry",
+                eventId=attempt.request.event.event_id,
+                attempt=attempt.number,
+                code=failure.code,
+                delay=round(delay, 3),
+            )
+            self._health.count("publish_retries")
+            nursery.start_soon(self._retry_later, attempt, delay, nursery)
+            return
+        self._resolve(
+            attempt,
+            PublishFailed(reason=f"{failure.code}: {failure.reason}", retriable=failure.retriable),
+        )
+
+    async def _retry_later(self, attempt: _Attempt, delay: float, nursery: trio.Nursery) -> None:
+        await trio.sleep(delay)
+        await self._produce(_Attempt(attempt.request, attempt.number + 1), nursery)
+
+    async def _sleep_within_deadline(self, attempt: _Attempt, delay: float) -> bool:
+        """Sleep ``delay`` unless that would pass the deadline; ``False`` means no time left."""
+        if trio.current_time() + delay >= attempt.request.deadline:
+            return False
+        await trio.sleep(delay)
+        return True
+
+    def _resolve(self, attempt: _Attempt, outcome: PublishOutcome) -> None:
+        request = attempt.request
+        if isinstance(outcome, Published):
+            self._health.count("published")
+            log_fields(
+                log,
+                logging.DEBUG,
+                "event published",
+                eventId=request.event.event_id,
+                partition=outcome.partition,
+                offset=outcome.offset,
+            )
+        else:
+            self._health.count("publish_failures")
+            log_fields(
+                log,
+                logging.WARNING,
+                "publish failed",
+                eventId=request.event.event_id,
+                reason=outcome.reason,
+                retriable=outcome.retriable,
+            )
+        reply(request.reply, outcome)
+        self._unresolved.value -= 1
+
+    def _report_health(self) -> None:
+        if self._producer.connected is False:
+            self._health.report(ACTOR, ActorState.DEGRADED, "broker unreachable")
+        else:
+            self._health.report(ACTOR, ActorState.RUNNING)
+
+    async def wait_until_resolved(self) -> None:
+        await self._unresolved.wait_value(0)
+
+
+async def run_publisher(
+    *,
+    inbox: trio.MemoryReceiveChannel[PublishRequest],
+    open_producer: Callable[[], ProducerPort],
+    topic: str,
+    backoff: Backoff,
+    health: Health,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Publish requests from ``inbox`` until it is closed, then finish what was accepted.
+
+    The supervisor owns ``inbox`` (so a restarted publisher carries on with the same one);
+    this actor never closes it.
+
+    Cancellation: whatever the producer still holds gets :data:`EXIT_FLUSH_SECONDS` to be
+    flushed (shielded). Requests left unanswered time out at their caller.
+    """
+    producer = open_producer()
+    publisher = _Publisher(producer=producer, topic=topic, backoff=backoff, health=health)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(publisher.pump, nursery)
+            health.report(ACTOR, ActorState.RUNNING)
+            task_status.started()
+            async for request in inbox:
+                await publisher.accept(request, nursery)
+            await publisher.wait_until_resolved()
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            left = await producer.flush(EXIT_FLUSH_SECONDS)
+        publisher.settle_reports(nursery=None)
+        health.report(ACTOR, ActorState.STOPPED)
+        log_fields(log, logging.INFO, "publisher stopped", unflushed=left)
