@@ -370,7 +370,7 @@ def _describe(partitions: Sequence[TopicPartition]) -> list[str]:
 # --- admin -----------------------------------------------------------------------------------
 
 
-async def create_topic(settings: Settings, name: str, *, timeout: float = 5.0) -> bool:
+async def create_topic(settings: Settings, name: str, *, timeout: float = 3.0) -> bool:
     """Create ``name`` with the configured partitions; ``False`` if it already existed.
 
     Raises:

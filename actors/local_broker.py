@@ -92,10 +92,15 @@ def _accepts_connections(port: int) -> bool:
 def start_local_broker(
     port: int = 0,
     *,
+    advertised_port: int | None = None,
     startup_timeout: float = 10.0,
     output: IO[bytes] | int | None = subprocess.DEVNULL,
 ) -> LocalBroker:
     """Start Tansu on ``port`` (a free one when 0) and wait until it accepts connections.
+
+    Args:
+        advertised_port: the port clients are told to connect to, when something (a test's
+            fault-injecting proxy) stands between them and the broker; defaults to ``port``.
 
     Raises:
         LocalBrokerError: the binary is missing, the port is taken, or the broker did not come up.

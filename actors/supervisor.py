@@ -26,6 +26,7 @@ from functools import partial
 
 import attrs
 import trio
+from trio_util import move_on_when
 
 from actors.backoff import Backoff
 from actors.consumer import run_consumer
@@ -235,7 +236,12 @@ async def run_service(
 
     async with trio.open_nursery() as store_nursery:
         await store_nursery.start(partial(run_store, inbox=store_receive, health=health))
-        await ensure_topics(settings, ports, publish_backoff)
+        # NOTE: a stop while the broker is still unreachable ends start-up at once.
+        async with move_on_when(stop.wait):
+            await ensure_topics(settings, ports, publish_backoff)
+        if stop.is_set():
+            store_send.close()
+            return
         async with trio.open_nursery() as consumer_nursery:
             await consumer_nursery.start(supervised, "consumer", consumer)
             async with trio.open_nursery() as publisher_nursery:
