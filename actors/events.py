@@ -219,7 +219,7 @@ def _payload_problem(value: Any, limits: Limits) -> str | None:
         return None  # an explicit null means "no payload"
     if not isinstance(value, dict):
         return "must be a JSON object"
-    if _depth(value) > limits.max_payload_depth:
+    if _deeper_than(value, limits.max_payload_depth):
         return f"must not nest deeper than {limits.max_payload_depth} levels"
     if len(_compact(value).encode()) > limits.max_payload_bytes:
         return f"must be at most {limits.max_payload_bytes} bytes as JSON"
@@ -227,30 +227,45 @@ def _payload_problem(value: Any, limits: Limits) -> str | None:
 
 
 def _event_id_problem(value: Any, limits: Limits) -> str | None:
+    # Only the canonical lowercase spelling: the store deduplicates on the string, so one UUID
+    # written two ways must not count as two events.
+    if not isinstance(value, str):
+        return "must be a UUID in canonical lowercase form"
     try:
-        uuid.UUID(value)
-    except (TypeError, ValueError, AttributeError):
-        return "must be a UUID string"
+        canonical = str(uuid.UUID(value))
+    except ValueError:
+        canonical = None
+    if canonical != value:
+        return "must be a UUID in canonical lowercase form"
     return None
 
 
 def _timestamp_problem(value: Any, limits: Limits) -> str | None:
-    if not isinstance(value, str):
-        return "must be an ISO 8601 string"
+    message = "must be an ISO 8601 date-time with a time zone"
+    if not isinstance(value, str) or "T" not in value:
+        return message
     try:
-        datetime.datetime.fromisoformat(value)
+        moment = datetime.datetime.fromisoformat(value)
     except ValueError:
-        return "must be an ISO 8601 string"
-    return None
+        return message
+    return None if moment.tzinfo is not None else message
 
 
-def _depth(value: Any) -> int:
-    """Nesting depth of objects and arrays: ``{}`` is 1, ``{"a": []}`` is 2."""
-    if isinstance(value, dict):
-        return 1 + max(map(_depth, value.values()), default=0)
-    if isinstance(value, list):
-        return 1 + max(map(_depth, value), default=0)
-    return 0
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether objects and arrays nest more than ``limit`` levels (``{}`` is one level).
+
+    Iterative, and stops at the first branch past the limit: a hostile payload nested
+    thousands of levels deep must not exhaust the stack.
+    """
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        for child in item.values() if isinstance(item, dict) else item:
+            if isinstance(child, dict | list):
+                if level >= limit:
+                    return True
+                stack.append((child, level + 1))
+    return False
 
 
 def _compact(value: Any) -> str:
@@ -264,19 +279,23 @@ def _parse_json(raw: bytes) -> Any:
     except UnicodeDecodeError:
         raise MalformedEvent("not valid UTF-8") from None
     try:
-        return json.loads(
+        document = json.loads(
             text,
             object_pairs_hook=_reject_duplicate_keys,
             parse_int=_bounded_int,
             parse_float=_finite_float,
             parse_constant=_reject_constant,
         )
+        # JSON allows escaped lone surrogates ("\ud800") that no UTF-8 encoder accepts;
+        # reject them here rather than fail later when the event is encoded.
+        _compact(document).encode()
     except RecursionError:
         raise MalformedEvent("JSON nested too deeply") from None
     except MalformedEvent:
         raise
-    except ValueError as error:  # json.JSONDecodeError and int-conversion limits
+    except ValueError as error:  # JSONDecodeError, int-conversion limits, UnicodeEncodeError
         raise MalformedEvent(f"not valid JSON ({_first_line(error)})") from None
+    return document
 
 
 def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -166,7 +166,10 @@ async def _publish(
     except trio.WouldBlock:
         return PublishFailed(reason="too many events waiting to be published", retriable=True)
     with receive, trio.move_on_at(deadline):
-        return await receive.receive()
+        try:
+            return await receive.receive()
+        except trio.EndOfChannel:  # the publisher dropped the request without an answer
+            return PublishFailed(reason="the publisher stopped", retriable=True)
     return PublishFailed(reason="the broker did not confirm the event in time", retriable=True)
 
 

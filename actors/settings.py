@@ -170,7 +170,7 @@ SETTINGS: tuple[Setting, ...] = (
         "heartbeat_interval_ms",
         "3000",
         _MS,
-        "Consumer heartbeat.interval.ms; must be below a third of the session timeout.",
+        "Consumer heartbeat.interval.ms; at most a third of the session timeout.",
     ),
     Setting(
         "KAFKA_FETCH_WAIT_MAX_MS",

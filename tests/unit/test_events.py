@@ -213,14 +213,15 @@ def test_payload_at_depth_limit_is_accepted() -> None:
 def test_payload_too_deep_is_rejected() -> None:
     """A payload one level deeper than max_payload_depth is rejected; arrays count as levels."""
     limits = Limits(max_payload_depth=3)
-    assert problems_of(body(userId="u", eventType="LOGIN", payload={"a": [[1]]}), limits) == []
+    at_limit = {"a": [[1]]}
+    assert event_from_request(body(userId="u", eventType="LOGIN", payload=at_limit), limits)
     assert problems_of(body(userId="u", eventType="LOGIN", payload={"a": [[[1]]]}), limits) == [
         Problem("payload", "must not nest deeper than 3 levels")
     ]
 
 
 def test_payload_too_large_is_rejected() -> None:
-    """A payload whose compact JSON exceeds max_payload_bytes is rejected; at the limit it passes."""
+    """A payload above max_payload_bytes as compact JSON is rejected; at the limit it passes."""
     limits = Limits(max_payload_bytes=20)
     at_limit = {"k": "x" * 12}  # {"k":"xxxxxxxxxxxx"} is 20 bytes
     assert len(json.dumps(at_limit, separators=(",", ":"))) == 20
@@ -234,9 +235,9 @@ def test_payload_too_large_is_rejected() -> None:
 def test_payload_size_counts_utf8_bytes() -> None:
     """The payload limit counts UTF-8 bytes, not characters."""
     limits = Limits(max_payload_bytes=20)
-    payload = {"k": "é" * 7}  # 13 characters of JSON, 20 bytes
+    payload = {"k": "é" * 6}  # 14 characters of compact JSON, 20 bytes
     assert event_from_request(body(userId="u", eventType="LOGIN", payload=payload), limits)
-    payload = {"k": "é" * 8}
+    payload = {"k": "é" * 7}  # 15 characters, 22 bytes
     assert fields_of(body(userId="u", eventType="LOGIN", payload=payload), limits) == ["payload"]
 
 
@@ -325,16 +326,18 @@ def test_deeply_nested_payload_is_a_clean_invalid_request() -> None:
     assert problems_of(raw + b"}}") == [Problem("payload", "must not nest deeper than 16 levels")]
 
 
-def test_lone_surrogate_in_user_id_never_yields_an_unencodable_event() -> None:
+def test_lone_surrogate_in_user_id_is_a_clean_invalid_request() -> None:
     """A userId with a lone surrogate escape is rejected instead of breaking to_json later."""
-    raw = b'{"userId": "\\ud800", "eventType": "LOGIN"}'
-    assert fields_of(raw) == ["userId"]
+    with pytest.raises(InvalidRequest):
+        event_from_request(b'{"userId": "\\ud800", "eventType": "LOGIN"}', LIMITS)
 
 
 def test_lone_surrogate_in_payload_is_a_clean_invalid_request() -> None:
     """A payload with a lone surrogate escape is an InvalidRequest, not UnicodeEncodeError."""
-    raw = b'{"userId": "u", "eventType": "LOGIN", "payload": {"k": "\\udc00"}}'
-    assert fields_of(raw) == ["payload"]
+    with pytest.raises(InvalidRequest):
+        event_from_request(
+            b'{"userId": "u", "eventType": "LOGIN", "payload": {"k": "\\udc00"}}', LIMITS
+        )
 
 
 def test_all_problems_are_listed_at_once() -> None:
@@ -387,26 +390,26 @@ def test_decode_tombstone() -> None:
 
 def test_decode_not_utf8() -> None:
     """Bytes that are not UTF-8 are malformed."""
-    with pytest.raises(MalformedEvent, match="^not valid UTF-8$"):
+    with pytest.raises(MalformedEvent, match=r"^not valid UTF-8$"):
         decode_event(b"\xff\xfe{}", LIMITS)
 
 
 @pytest.mark.parametrize("raw", [b"", b"{", b"not json", b"{}{}"])
 def test_decode_not_json(raw: bytes) -> None:
     """Bytes that are not JSON are malformed."""
-    with pytest.raises(MalformedEvent, match="^not valid JSON"):
+    with pytest.raises(MalformedEvent, match=r"^not valid JSON"):
         decode_event(raw, LIMITS)
 
 
 def test_decode_json_array() -> None:
     """A JSON array is malformed and the message says what it was."""
-    with pytest.raises(MalformedEvent, match="^JSON list instead of an object$"):
+    with pytest.raises(MalformedEvent, match=r"^JSON list instead of an object$"):
         decode_event(encoded([stored()]), LIMITS)
 
 
 def test_decode_json_string() -> None:
     """A JSON string is malformed and the message says what it was."""
-    with pytest.raises(MalformedEvent, match="^JSON str instead of an object$"):
+    with pytest.raises(MalformedEvent, match=r"^JSON str instead of an object$"):
         decode_event(b'"LOGIN"', LIMITS)
 
 
@@ -424,8 +427,7 @@ def test_decode_missing_fields_all_named() -> None:
     with pytest.raises(MalformedEvent) as caught:
         decode_event(b"{}", LIMITS)
     assert str(caught.value) == (
-        "eventId: is required; timestamp: is required; userId: is required; "
-        "eventType: is required"
+        "eventId: is required; timestamp: is required; userId: is required; eventType: is required"
     )
 
 
@@ -452,38 +454,49 @@ def test_decode_wrong_types(field: str, value: Any) -> None:
 
 def test_decode_unknown_event_type() -> None:
     """An eventType outside the limits is malformed."""
-    with pytest.raises(MalformedEvent, match="^eventType: must be one of"):
+    with pytest.raises(MalformedEvent, match=r"^eventType: must be one of"):
         decode_event(encoded(stored(eventType="SIGNUP")), LIMITS)
     narrow = Limits(event_types=frozenset({"LOGOUT"}))
-    with pytest.raises(MalformedEvent, match="^eventType: must be one of LOGOUT$"):
+    with pytest.raises(MalformedEvent, match=r"^eventType: must be one of LOGOUT$"):
         decode_event(encoded(stored(eventType="LOGIN")), narrow)
 
 
-@pytest.mark.parametrize("event_id", ["", "not-a-uuid", "1234", "g" * 32])
+NON_CANONICAL_UUIDS = [
+    "urn:uuid:12345678-1234-5678-1234-567812345678",
+    "{12345678-1234-5678-1234-567812345678}",
+    "12345678123456781234567812345678",
+    "12345678-1234-5678-1234-56781234567A",
+]
+
+
+@pytest.mark.parametrize("event_id", ["", "not-a-uuid", "1234", "g" * 32, *NON_CANONICAL_UUIDS])
 def test_decode_bad_event_id(event_id: str) -> None:
-    """An eventId that is not a UUID is malformed."""
-    with pytest.raises(MalformedEvent, match="^eventId: must be a UUID string$"):
+    """An eventId that is not a UUID in canonical lowercase form is malformed."""
+    with pytest.raises(MalformedEvent, match=r"^eventId: must be a UUID in canonical lowercase"):
         decode_event(encoded(stored(eventId=event_id)), LIMITS)
 
 
-@pytest.mark.parametrize("timestamp", ["", "yesterday", "2026-13-01T00:00:00Z", "21/11/2026"])
+@pytest.mark.parametrize(
+    "timestamp",
+    ["", "yesterday", "2026-13-01T00:00:00Z", "21/11/2026", "2026-11-21", "2026-11-21T10:00:00"],
+)
 def test_decode_bad_timestamp(timestamp: str) -> None:
-    """A timestamp that is not ISO 8601 is malformed."""
-    with pytest.raises(MalformedEvent, match="^timestamp: must be an ISO 8601 string$"):
+    """A timestamp that is not an ISO 8601 date-time with a time zone is malformed."""
+    with pytest.raises(MalformedEvent, match=r"^timestamp: must be an ISO 8601 date-time with"):
         decode_event(encoded(stored(timestamp=timestamp)), LIMITS)
 
 
 def test_decode_rejects_one_megabyte_payload() -> None:
     """A 1 MB payload breaks max_payload_bytes and is malformed."""
     document = stored(payload={"blob": "x" * 1024 * 1024})
-    with pytest.raises(MalformedEvent, match="^payload: must be at most 32768 bytes as JSON$"):
+    with pytest.raises(MalformedEvent, match=r"^payload: must be at most 32768 bytes as JSON$"):
         decode_event(encoded(document), LIMITS)
 
 
 def test_decode_rejects_too_deep_payload() -> None:
     """A payload deeper than max_payload_depth is malformed."""
     document = stored(payload=nested(LIMITS.max_payload_depth + 1))
-    with pytest.raises(MalformedEvent, match="^payload: must not nest deeper than 16 levels$"):
+    with pytest.raises(MalformedEvent, match=r"^payload: must not nest deeper than 16 levels$"):
         decode_event(encoded(document), LIMITS)
 
 
@@ -495,9 +508,17 @@ def test_decode_deeply_nested_value_is_malformed() -> None:
 
 def test_decode_deeply_nested_payload_is_malformed() -> None:
     """A payload nested 500 levels is a MalformedEvent, not a RecursionError (poison pill)."""
-    raw = encoded(stored(payload={})).replace(b'"payload": {}', b'"payload": {"a": ' + b"[" * 500)
-    with pytest.raises(MalformedEvent, match="^payload: must not nest deeper"):
-        decode_event(raw[:-1] + b"]" * 500 + b"}}", LIMITS)
+    head = encoded(stored(payload=None)).removesuffix(b"null}")
+    raw = head + b'{"a": ' + b"[" * 500 + b"]" * 500 + b"}}"
+    with pytest.raises(MalformedEvent, match=r"^payload: must not nest deeper"):
+        decode_event(raw, LIMITS)
+
+
+def test_decode_lone_surrogate_is_malformed() -> None:
+    """A userId with a lone surrogate escape is malformed, so the store never fails to encode it."""
+    raw = encoded(stored(userId="PLACEHOLDER")).replace(b"PLACEHOLDER", b"\\ud800")
+    with pytest.raises(MalformedEvent):
+        decode_event(raw, LIMITS)
 
 
 @pytest.mark.parametrize(
@@ -527,10 +548,13 @@ def test_to_json_canonical_field_order() -> None:
         user_id="u1",
         event_id="8c1f4e0a-5a0e-4b8e-9d7e-0b0b0b0b0b0b",
     )
-    assert event.to_json() == (
-        '{"eventId":"8c1f4e0a-5a0e-4b8e-9d7e-0b0b0b0b0b0b","userId":"u1","eventType":"LOGIN",'
-        '"timestamp":"2026-11-21T10:33:25.123Z","payload":{"b":1,"a":"é"}}'
-    ).encode()
+    assert (
+        event.to_json()
+        == (
+            '{"eventId":"8c1f4e0a-5a0e-4b8e-9d7e-0b0b0b0b0b0b","userId":"u1","eventType":"LOGIN",'
+            '"timestamp":"2026-11-21T10:33:25.123Z","payload":{"b":1,"a":"é"}}'
+        ).encode()
+    )
 
 
 def test_to_json_is_the_same_whatever_order_a_document_had() -> None:

@@ -1,0 +1,478 @@
+"""The HTTP actor through quart's test client, with fake publisher and store tasks on channels."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import attrs
+import pytest
+import quart.typing
+import trio
+import trio.testing
+from quart_trio import QuartTrio
+
+from actors.events import Limits, decode_event, new_event
+from actors.health import ActorState, Health
+from actors.http import STORE_QUERY_SECONDS, HttpOptions, create_app
+from actors.messages import (
+    ListEvents,
+    Published,
+    PublishFailed,
+    PublishOutcome,
+    PublishRequest,
+    Put,
+    StoreCommand,
+)
+
+PUBLISH_TIMEOUT = 2.5
+MAX_BODY_BYTES = 1024
+OPTIONS = HttpOptions(
+    limits=Limits(max_payload_bytes=512),
+    publish_timeout=PUBLISH_TIMEOUT,
+    max_body_bytes=MAX_BODY_BYTES,
+)
+JSON = {"Content-Type": "application/json"}
+ACTORS = ("http", "publisher", "consumer", "store")
+
+Answer = Callable[[PublishRequest], PublishOutcome | None]
+
+
+def confirm(request: PublishRequest) -> PublishOutcome:
+    return Published(partition=0, offset=7)
+
+
+def never_answer(request: PublishRequest) -> None:
+    return None
+
+
+@attrs.define
+class Service:
+    """The app under test, its client, and what the fakes behind it saw."""
+
+    app: QuartTrio
+    client: quart.typing.TestClientProtocol
+    health: Health
+    publish: trio.MemorySendChannel[PublishRequest]
+    store_inbox: trio.MemoryReceiveChannel[StoreCommand]
+    publish_requests: list[PublishRequest]
+    store_events: list[bytes]
+
+
+async def fake_publisher(
+    inbox: trio.MemoryReceiveChannel[PublishRequest], answer: Answer, seen: list[PublishRequest]
+) -> None:
+    """Record each request and answer it with ``answer(request)``, or never when that is None."""
+    async for request in inbox:
+        seen.append(request)  # keeps an unanswered reply channel open, as a slow broker would
+        outcome = answer(request)
+        if outcome is not None:
+            request.reply.send_nowait(outcome)
+
+
+async def fake_store(inbox: trio.MemoryReceiveChannel[StoreCommand], events: list[bytes]) -> None:
+    """Answer ListEvents with ``events`` as they are when asked."""
+    async for command in inbox:
+        match command:
+            case ListEvents(reply=reply):
+                reply.send_nowait(tuple(events))
+            case Put():
+                raise AssertionError("the HTTP actor never writes to the store")
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    *,
+    answer: Answer | None = confirm,
+    publish_buffer: int = 4,
+    store_answers: bool = True,
+    options: HttpOptions = OPTIONS,
+) -> AsyncIterator[Service]:
+    """Build the app on real channels; ``answer=None`` leaves the publisher inbox unread."""
+    publish_send, publish_receive = trio.open_memory_channel[PublishRequest](publish_buffer)
+    store_send, store_receive = trio.open_memory_channel[StoreCommand](4)
+    health = Health(ACTORS)
+    for actor in ACTORS:
+        health.report(actor, ActorState.RUNNING)
+    app = create_app(publish=publish_send, store=store_send, health=health, options=options)
+    service = Service(
+        app=app,
+        client=app.test_client(),
+        health=health,
+        publish=publish_send,
+        store_inbox=store_receive,
+        publish_requests=[],
+        store_events=[],
+    )
+    async with trio.open_nursery() as nursery:
+        if answer is not None:
+            nursery.start_soon(fake_publisher, publish_receive, answer, service.publish_requests)
+        if store_answers:
+            nursery.start_soon(fake_store, store_receive, service.store_events)
+        yield service
+        nursery.cancel_scope.cancel()
+
+
+def new_event_body(**overrides: Any) -> bytes:
+    fields: dict[str, Any] = {"userId": "u1", "eventType": "LOGIN", "payload": {"page": "/"}}
+    fields.update(overrides)
+    return json.dumps(fields).encode()
+
+
+async def post_event(service: Service, data: bytes | None = None, **headers: str) -> Any:
+    return await service.client.post(
+        "/events/generate", data=new_event_body() if data is None else data, headers=JSON | headers
+    )
+
+
+def assert_error_body(body: Any, error: str) -> None:
+    assert isinstance(body, dict)
+    assert body["error"] == error
+    assert isinstance(body["message"], str)
+    assert body["message"]
+
+
+# --- POST /events/generate --------------------------------------------------------------------
+
+
+async def test_post_returns_201_with_the_published_event() -> None:
+    """201 carries the whole event, and it is the very event handed to the publisher."""
+    async with serving() as service:
+        response = await post_event(service)
+        assert response.status_code == 201
+        assert response.mimetype == "application/json"
+        body = await response.get_json()
+        [request] = service.publish_requests
+    assert list(body) == ["eventId", "userId", "eventType", "timestamp", "payload"]
+    assert (body["userId"], body["eventType"], body["payload"]) == ("u1", "LOGIN", {"page": "/"})
+    assert await response.get_data() == request.event.to_json()
+    assert decode_event(await response.get_data(), OPTIONS.limits) == request.event
+
+
+async def test_post_accepts_json_media_types_with_parameters_and_suffix() -> None:
+    """application/json with a charset and a +json media type are both accepted."""
+    async with serving() as service:
+        charset = await post_event(service, **{"Content-Type": "application/json; charset=utf-8"})
+        suffixed = await post_event(service, **{"Content-Type": "application/event+json"})
+    assert (charset.status_code, suffixed.status_code) == (201, 201)
+
+
+async def test_publish_request_deadline_is_now_plus_publish_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The publisher is told to answer by the time the HTTP request gives up."""
+    async with serving() as service:
+        start = trio.current_time()
+        await post_event(service)
+        [request] = service.publish_requests
+    assert request.deadline == start + PUBLISH_TIMEOUT
+
+
+async def test_invalid_event_is_400_with_problems() -> None:
+    """An invalid body is 400 listing every problem, and nothing is published."""
+    async with serving() as service:
+        response = await post_event(service, new_event_body(userId="", eventType="SIGNUP"))
+        assert response.status_code == 400
+        body = await response.get_json()
+        assert service.publish_requests == []
+    assert_error_body(body, "invalid_request")
+    assert body["problems"] == [
+        {"field": "userId", "message": "must not be empty"},
+        {"field": "eventType", "message": "must be one of LOGIN, LOGOUT, PRODUCT_VIEW"},
+    ]
+
+
+async def test_body_not_json_is_400_about_the_body() -> None:
+    """A body that is not JSON is 400 with one problem naming the body."""
+    async with serving() as service:
+        response = await post_event(service, b"{not json")
+        body = await response.get_json()
+    assert response.status_code == 400
+    [problem] = body["problems"]
+    assert problem["field"] == "body"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"Content-Type": "text/plain"}, {"Content-Type": "application/x-www-form-urlencoded"}],
+)
+async def test_non_json_content_type_is_415(headers: dict[str, str]) -> None:
+    """A body declared as anything but JSON is 415 and is not published."""
+    async with serving() as service:
+        response = await service.client.post(
+            "/events/generate", data=new_event_body(), headers=headers
+        )
+        body = await response.get_json()
+        assert service.publish_requests == []
+    assert response.status_code == 415
+    assert_error_body(body, "unsupported_media_type")
+
+
+async def test_body_above_max_body_bytes_is_413() -> None:
+    """A body one byte above max_body_bytes is 413 JSON and is not published."""
+    padding = MAX_BODY_BYTES - len(new_event_body(pad=""))
+    at_limit = new_event_body(pad="x" * padding)
+    assert len(at_limit) == MAX_BODY_BYTES
+    async with serving() as service:
+        accepted = await post_event(service, at_limit)
+        response = await post_event(service, new_event_body(pad="x" * (padding + 1)))
+        body = await response.get_json()
+        assert len(service.publish_requests) == 1
+    assert accepted.status_code == 201
+    assert response.status_code == 413
+    assert response.mimetype == "application/json"
+    assert_error_body(body, "request_entity_too_large")
+
+
+@pytest.mark.parametrize("buffer", [0, 1])
+async def test_full_publish_channel_is_503_with_retry_after(
+    buffer: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    """With nobody reading and the publish channel full, POST answers 503 at once."""
+    async with serving(answer=None, publish_buffer=buffer) as service:
+        reply, _replies = trio.open_memory_channel[PublishOutcome](1)
+        filler = new_event(user_id="earlier", event_type="LOGIN", payload={})
+        for _ in range(buffer):
+            service.publish.send_nowait(PublishRequest(event=filler, deadline=0.0, reply=reply))
+        start = trio.current_time()
+        response = await post_event(service)
+        assert trio.current_time() == start
+        body = await response.get_json()
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "3"  # ceil(2.5 s)
+    assert_error_body(body, "publish_unavailable")
+
+
+async def test_unconfirmed_publish_is_503_after_exactly_publish_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A publisher that never answers gives 503 + Retry-After when publish_timeout has passed."""
+    async with serving(answer=never_answer) as service:
+        start = trio.current_time()
+        response = await post_event(service)
+        elapsed = trio.current_time() - start
+        body = await response.get_json()
+        assert len(service.publish_requests) == 1
+    assert elapsed == PUBLISH_TIMEOUT
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "3"
+    assert_error_body(body, "publish_unavailable")
+    assert "in time" in body["message"]
+
+
+async def test_retriable_publish_failure_is_503() -> None:
+    """A retriable PublishFailed is 503 with Retry-After and the reason as message."""
+
+    def fail(request: PublishRequest) -> PublishOutcome:
+        return PublishFailed(reason="broker unreachable", retriable=True)
+
+    async with serving(answer=fail) as service:
+        response = await post_event(service)
+        body = await response.get_json()
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "3"
+    assert body == {"error": "publish_unavailable", "message": "broker unreachable"}
+
+
+async def test_non_retriable_publish_failure_is_500() -> None:
+    """A non-retriable PublishFailed is 500 without Retry-After."""
+
+    def fail(request: PublishRequest) -> PublishOutcome:
+        return PublishFailed(reason="message too large", retriable=False)
+
+    async with serving(answer=fail) as service:
+        response = await post_event(service)
+        body = await response.get_json()
+    assert response.status_code == 500
+    assert "Retry-After" not in response.headers
+    assert body == {"error": "publish_failed", "message": "message too large"}
+
+
+# --- GET /events/processed --------------------------------------------------------------------
+
+
+async def test_processed_events_is_a_json_array_in_store_order() -> None:
+    """GET /events/processed returns the store's events as one JSON array, in its order."""
+    events = [new_event(user_id=f"u{n}", event_type="LOGOUT", payload={"n": n}) for n in range(3)]
+    async with serving() as service:
+        empty = await service.client.get("/events/processed")
+        assert await empty.get_json() == []
+        service.store_events.extend(event.to_json() for event in events)
+        response = await service.client.get("/events/processed")
+        body = await response.get_json()
+    assert response.status_code == 200
+    assert response.mimetype == "application/json"
+    assert body == [event.to_dict() for event in events]
+
+
+async def test_processed_events_503_when_store_does_not_answer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A store that never answers gives 503 + Retry-After after STORE_QUERY_SECONDS."""
+    async with serving(store_answers=False) as service:
+        start = trio.current_time()
+        response = await service.client.get("/events/processed")
+        elapsed = trio.current_time() - start
+        body = await response.get_json()
+    assert elapsed == STORE_QUERY_SECONDS
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    assert_error_body(body, "store_unavailable")
+
+
+# --- GET /health ------------------------------------------------------------------------------
+
+
+async def test_health_200_when_all_running() -> None:
+    """GET /health is 200 with status ok when every actor is RUNNING."""
+    async with serving() as service:
+        service.health.count("stored", 3)
+        response = await service.client.get("/health")
+        body = await response.get_json()
+    assert response.status_code == 200
+    assert body == {
+        "status": "ok",
+        "actors": {actor: {"state": "running"} for actor in ACTORS},
+        "counters": {"stored": 3},
+    }
+
+
+async def test_health_503_with_same_shape_when_one_is_degraded() -> None:
+    """GET /health is 503 with the same body shape when one actor is DEGRADED."""
+    async with serving() as service:
+        healthy = await (await service.client.get("/health")).get_json()
+        service.health.report("consumer", ActorState.DEGRADED, "broker unreachable")
+        response = await service.client.get("/health")
+        body = await response.get_json()
+    assert response.status_code == 503
+    assert set(body) == set(healthy) == {"status", "actors", "counters"}
+    assert set(body["actors"]) == set(healthy["actors"])
+    assert body["status"] == "degraded"
+    assert body["actors"]["consumer"] == {"state": "degraded", "detail": "broker unreachable"}
+    assert body["actors"]["store"] == {"state": "running"}
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+async def test_unknown_route_is_404_json() -> None:
+    """An unknown path is a JSON 404."""
+    async with serving() as service:
+        response = await service.client.get("/nowhere")
+        body = await response.get_json()
+    assert response.status_code == 404
+    assert response.mimetype == "application/json"
+    assert_error_body(body, "not_found")
+
+
+async def test_wrong_method_is_405_json_with_allow() -> None:
+    """A known path with the wrong method is a JSON 405 that says which methods are allowed."""
+    async with serving() as service:
+        response = await service.client.get("/events/generate")
+        body = await response.get_json()
+        deleted = await service.client.delete("/health")
+    assert response.status_code == 405
+    assert response.mimetype == "application/json"
+    assert_error_body(body, "method_not_allowed")
+    assert "POST" in response.headers["Allow"]
+    assert deleted.status_code == 405
+
+
+async def test_exception_in_handler_is_json_500_without_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A handler that raises (its store inbox is gone) gives a JSON 500 leaking no traceback."""
+    async with serving(store_answers=False) as service:
+        service.store_inbox.close()  # the handler's store.send now raises BrokenResourceError
+        with caplog.at_level(logging.ERROR, logger="actors.http"):
+            response = await service.client.get("/events/processed")
+        text = await response.get_data(as_text=True)
+    assert response.status_code == 500
+    assert response.mimetype == "application/json"
+    assert json.loads(text) == {
+        "error": "internal_error",
+        "message": "the service failed to handle the request",
+    }
+    assert "Traceback" not in text
+    assert "BrokenResourceError" not in text
+    [record] = [r for r in caplog.records if r.name == "actors.http"]
+    assert record.exc_info is not None
+    assert isinstance(record.exc_info[1], trio.BrokenResourceError)
+
+
+# --- /openapi.json ----------------------------------------------------------------------------
+
+
+def app_routes(app: QuartTrio) -> dict[str, set[str]]:
+    routes: dict[str, set[str]] = {}
+    for rule in app.url_map.iter_rules():
+        if rule.rule.startswith("/static"):
+            continue
+        routes.setdefault(rule.rule, set()).update(
+            method.lower() for method in rule.methods or () if method not in {"HEAD", "OPTIONS"}
+        )
+    return routes
+
+
+async def test_openapi_documents_exactly_the_app_routes() -> None:
+    """Every route of the app, with its methods, is in /openapi.json and nothing else is."""
+    async with serving() as service:
+        response = await service.client.get("/openapi.json")
+        document = await response.get_json()
+        routes = app_routes(service.app)
+    assert response.status_code == 200
+    documented = {path: set(operations) for path, operations in document["paths"].items()}
+    assert documented == routes
+    assert "/events/generate" in routes
+
+
+async def test_openapi_route_check_would_catch_an_undocumented_route() -> None:
+    """A route added without documentation makes the app's routes differ from the document."""
+    async with serving() as service:
+
+        @service.app.get("/undocumented")
+        async def undocumented() -> str:
+            return "{}"
+
+        document = await (await service.client.get("/openapi.json")).get_json()
+        routes = app_routes(service.app)
+    assert "/undocumented" in routes
+    assert {path: set(operations) for path, operations in document["paths"].items()} != routes
+
+
+async def test_openapi_reflects_the_live_limits() -> None:
+    """The documented bounds are the options the app enforces."""
+    options = HttpOptions(
+        limits=Limits(event_types=frozenset({"LOGIN"}), max_user_id_length=12),
+        publish_timeout=1.0,
+        max_body_bytes=999,
+    )
+    async with serving(options=options) as service:
+        document = await (await service.client.get("/openapi.json")).get_json()
+    new_event_schema = document["components"]["schemas"]["NewEvent"]["properties"]
+    assert new_event_schema["eventType"]["enum"] == ["LOGIN"]
+    assert new_event_schema["userId"]["maxLength"] == 12
+    responses = document["paths"]["/events/generate"]["post"]["responses"]
+    assert "999" in responses["413"]["description"]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"a": ' + b"[" * 500 + b"]" * 500 + b"}",  # deep, yet within the JSON parser's limit
+        b'{"k": "\\udc00"}',  # a lone surrogate escape
+    ],
+    ids=["nested-500", "lone-surrogate"],
+)
+async def test_hostile_payload_is_400_not_500(payload: bytes) -> None:
+    """A well-formed but hostile payload is a 400 about the request, never a 500."""
+    options = attrs.evolve(OPTIONS, max_body_bytes=65536)
+    async with serving(options=options) as service:
+        response = await post_event(
+            service, b'{"userId": "u", "eventType": "LOGIN", "payload": ' + payload + b"}"
+        )
+        assert service.publish_requests == []
+    assert response.status_code == 400
