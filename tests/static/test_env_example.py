@@ -1,0 +1,74 @@
+"""SETTINGS, .env.example and the app's environment in docker-compose.yml name the same variables.
+
+actors.settings.SETTINGS is the single source of truth: a variable added to one of the three and
+not the others fails here, and so does a default or description that drifted.
+"""
+
+from __future__ import annotations
+
+import collections
+
+from actors.settings import SETTINGS
+
+from .container_files import read_compose, read_env_example, service_environment
+
+SETTING_NAMES = {setting.variable for setting in SETTINGS}
+
+
+def _difference(names: set[str], where: str) -> str:
+    missing = sorted(SETTING_NAMES - names)
+    unknown = sorted(names - SETTING_NAMES)
+    return f"{where}: missing {missing or 'nothing'}; not in SETTINGS {unknown or 'nothing'}"
+
+
+def test_settings_name_each_variable_once() -> None:
+    """SETTINGS itself lists no variable twice, so comparing name sets loses nothing."""
+    counts = collections.Counter(setting.variable for setting in SETTINGS)
+    assert [name for name, count in counts.items() if count > 1] == []
+
+
+def test_env_example_names_every_setting_and_nothing_else() -> None:
+    """.env.example sets exactly the variables of SETTINGS."""
+    names = {entry.name for entry in read_env_example()}
+    assert names == SETTING_NAMES, _difference(names, ".env.example")
+
+
+def test_env_example_sets_each_variable_once() -> None:
+    """No variable appears twice in .env.example (the later line would silently win)."""
+    counts = collections.Counter(entry.name for entry in read_env_example())
+    assert [name for name, count in counts.items() if count > 1] == []
+
+
+def test_env_example_values_are_the_defaults() -> None:
+    """Each value in .env.example is the Setting's default, character for character."""
+    defaults = {setting.variable: setting.default for setting in SETTINGS}
+    wrong = {
+        entry.name: (entry.value, defaults[entry.name])
+        for entry in read_env_example()
+        if entry.name in defaults and entry.value != defaults[entry.name]
+    }
+    assert wrong == {}, "variable: (.env.example value, SETTINGS default)"
+
+
+def test_env_example_describes_each_variable_with_its_doc() -> None:
+    """The comment line right above each variable is its Setting.doc."""
+    docs = {setting.variable: setting.doc for setting in SETTINGS}
+    wrong = {
+        entry.name: entry.comment
+        for entry in read_env_example()
+        if entry.name in docs and entry.comment != docs[entry.name]
+    }
+    assert wrong == {}, "each variable needs '# <Setting.doc>' on the line above it"
+
+
+def test_env_example_groups_variables_under_headers() -> None:
+    """Every variable sits under a '# ---- Group ----' header and there is more than one group."""
+    entries = read_env_example()
+    assert [entry.name for entry in entries if entry.group is None] == []
+    assert len({entry.group for entry in entries}) > 1
+
+
+def test_compose_app_environment_names_every_setting_and_nothing_else() -> None:
+    """The app's environment in docker-compose.yml sets exactly the variables of SETTINGS."""
+    names = set(service_environment(read_compose()["services"]["app"]))
+    assert names == SETTING_NAMES, _difference(names, "docker-compose.yml app environment")
