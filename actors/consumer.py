@@ -118,10 +118,13 @@ class _DeadLetters:
     while the dead-letter topic cannot be written, consumption waits and retries.
     """
 
-    def __init__(self, *, producer: ProducerPort, topic: str, backoff: Backoff) -> None:
+    def __init__(
+        self, *, producer: ProducerPort, topic: str, backoff: Backoff, health: Health
+    ) -> None:
         self._producer = producer
         self._topic = topic
         self._backoff = backoff
+        self._health = health
 
     async def send(self, record: Record, reason: str) -> None:
         headers = (
@@ -143,6 +146,9 @@ class _DeadLetters:
                 offset=record.offset,
                 retryIn=round(delay, 3),
             )
+            # Consumption waits here (the poison record's offset must not advance); the next
+            # batch reports the state again once the write went through.
+            self._health.report(ACTOR, ActorState.DEGRADED, "dead-letter topic not writable")
             await trio.sleep(delay)
             attempt += 1
 
@@ -189,12 +195,13 @@ async def run_consumer(
     arrives is not marked processed, so it is read again after a restart. The final commit and
     close are shielded and bounded by :data:`CLOSE_SECONDS`.
     """
-    consumer = open_consumer()
     dead_letters = None
     if dlq_topic is not None and open_dead_letter_producer is not None:
+        # Opened first: a producer that cannot be created must not leave a consumer behind.
         dead_letters = _DeadLetters(
-            producer=open_dead_letter_producer(), topic=dlq_topic, backoff=backoff
+            producer=open_dead_letter_producer(), topic=dlq_topic, backoff=backoff, health=health
         )
+    consumer = open_consumer()
     actor = _Consumer(
         consumer=consumer, store=store, dead_letters=dead_letters, limits=limits, health=health
     )

@@ -60,9 +60,17 @@ class _Publisher:
         self._unresolved = AsyncValue(0)
 
     async def accept(self, request: PublishRequest, nursery: trio.Nursery) -> None:
-        """Take one request from the inbox; returns once the producer holds it (or it failed)."""
+        """Take one request from the inbox; returns once the producer holds it (or it failed).
+
+        A request whose deadline passed while it waited in the inbox is not produced: its
+        caller has already answered 503, and a retry by the client must not make a second copy.
+        """
         self._unresolved.value += 1
-        await self._produce(_Attempt(request), nursery)
+        attempt = _Attempt(request)
+        if trio.current_time() >= request.deadline:
+            self._resolve(attempt, PublishFailed(reason="expired in the queue", retriable=True))
+            return
+        await self._produce(attempt, nursery)
 
     async def _produce(self, attempt: _Attempt, nursery: trio.Nursery) -> None:
         event = attempt.request.event

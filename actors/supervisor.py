@@ -115,7 +115,8 @@ async def supervise_actor(
                 if not started:
                     started = True
                     task_status.started()
-        except Exception as error:
+        except Exception as failure:
+            error = _innermost(failure)
             now = trio.current_time()
             failures.append(now)
             while failures and failures[0] <= now - policy.window:
@@ -137,6 +138,13 @@ async def supervise_actor(
             await trio.sleep(delay)
         else:
             return
+
+
+def _innermost(error: Exception) -> Exception:
+    """The actor's own error, out of the single-member groups that nurseries wrap it in."""
+    while isinstance(error, ExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
 
 
 async def ensure_topics(settings: Settings, ports: KafkaPorts, backoff: Backoff) -> None:

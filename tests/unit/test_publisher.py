@@ -1,0 +1,368 @@
+"""The publisher actor against a FakeProducer, on virtual time with exact delays.
+
+``Backoff(initial=0.1, ...)`` without jitter makes the retry delays 0.1, 0.2, 0.4, ... seconds;
+the fake delivers reports ``delivery_latency`` after ``produce`` (0 unless a test says so).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+import trio
+import trio.testing
+from fakes import FakeProducer
+
+from actors.backoff import Backoff, no_jitter
+from actors.events import UserEvent, new_event
+from actors.health import ActorState, Health
+from actors.messages import Published, PublishFailed, PublishOutcome, PublishRequest
+from actors.ports import KafkaFailure, ProduceRejected
+from actors.publisher import run_publisher
+
+TOPIC = "user-activity-events"
+BACKOFF = Backoff(initial=0.1, maximum=2.0, jitter=no_jitter)
+RETRIABLE = KafkaFailure(code="_MSG_TIMED_OUT", reason="broker did not answer", retriable=True)
+PERMANENT = KafkaFailure(code="MSG_SIZE_TOO_LARGE", reason="message too large")
+
+
+def approx(value: object) -> object:
+    """Exact virtual times, allowing only float rounding (0.1 + 0.2 != 0.3)."""
+    return pytest.approx(value, abs=1e-9)
+
+
+def make_event(user_id: str = "u1") -> UserEvent:
+    return new_event(user_id=user_id, event_type="LOGIN", payload={"page": "/home"})
+
+
+def make_request(
+    event: UserEvent, *, timeout: float = 5.0
+) -> tuple[PublishRequest, trio.MemoryReceiveChannel[PublishOutcome]]:
+    send, receive = trio.open_memory_channel[PublishOutcome](1)
+    return PublishRequest(event=event, deadline=trio.current_time() + timeout, reply=send), receive
+
+
+async def publish(
+    inbox: trio.MemorySendChannel[PublishRequest], event: UserEvent, *, timeout: float = 5.0
+) -> tuple[PublishOutcome, float]:
+    """Send one request and wait for its answer; returns it with the virtual time it came."""
+    request, replies = make_request(event, timeout=timeout)
+    await inbox.send(request)
+    with replies:
+        outcome = await replies.receive()
+    return outcome, trio.current_time()
+
+
+def publisher_actor(
+    producer: FakeProducer, inbox: trio.MemoryReceiveChannel[PublishRequest], health: Health
+) -> Callable[..., Awaitable[None]]:
+    return functools.partial(
+        run_publisher,
+        inbox=inbox,
+        open_producer=lambda: producer,
+        topic=TOPIC,
+        backoff=BACKOFF,
+        health=health,
+    )
+
+
+@contextlib.asynccontextmanager
+async def running_publisher(
+    producer: FakeProducer, health: Health, *, inbox_size: int = 8
+) -> AsyncIterator[trio.MemorySendChannel[PublishRequest]]:
+    """Start the publisher; leaving the block closes its inbox and waits for it to return."""
+    send, receive = trio.open_memory_channel[PublishRequest](inbox_size)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(publisher_actor(producer, receive, health))
+        async with send:
+            yield send
+
+
+@pytest.fixture
+def health() -> Health:
+    return Health(["publisher"])
+
+
+async def test_success_replies_published_with_partition_and_offset(
+    autojump_clock: trio.testing.MockClock, health: Health
+) -> None:
+    """A delivered event is answered with the partition and offset the broker reported."""
+    producer = FakeProducer(partition=2)
+    async with running_publisher(producer, health) as inbox:
+        first = await publish(inbox, make_event("u1"))
+        second = await publish(inbox, make_event("u2"))
+    assert first == (Published(partition=2, offset=0), 0.0)
+    assert second == (Published(partition=2, offset=1), 0.0)
+    assert health.counters["published"] == 2
+
+
+async def test_reply_waits_for_the_delivery_report(
+    autojump_clock: trio.testing.MockClock, health: Health
+) -> None:
+    """Published comes only when the broker's report arrives, not when produce() returns."""
+    producer = FakeProducer(delivery_latency=0.75)
+    async with running_publisher(producer, health) as inbox:
+        outcome, at = await publish(inbox, make_event())
+    assert outcome == Published(partition=0, offset=0)
+    assert at == 0.75
+    assert producer.attempts == [0.0]
+
+
+async def test_message_key_is_user_id_and_value_is_canonical_json(
+    autojump_clock: trio.testing.MockClock, health: Health
+) -> None:
+    """The message goes to the topic keyed by the userId bytes, valued by event.to_json()."""
+    producer = FakeProducer()
+    event = make_event("user-\u00e9")
+    async with running_publisher(producer, health) as inbox:
+        await publish(inbox, event)
+    [message] = producer.produced
+    assert message.topic == TOPIC
+    assert message.key == "user-\u00e9".encode()
+    assert message.value == event.to_json()
+    assert message.headers == ()
+
+
+async def test_retriable_delivery_failure_is_retried_after_backoff_delays(
+    autojump_clock: trio.testing.MockClock, health: Health
+) -> None:
+    """Three retriable failures: retries after 0.1, 0.2 and 0.4 s, then Published."""
+    producer = FakeProducer()
+    producer.fail_deliveries(RETRIABLE, times=3)
+    async with running_publisher(producer, health) as inbox:
+        outcome, at = await publish(inbox, make_event())
+    assert producer.attempts == approx([0.0, 0.1, 0.3, 0.7])
+    assert outcome == Published(partition=0, offset=0)
+    assert at == approx(0.7)
+    assert health.counters["publish_retries"] == 3
+    assert health.counters["publish_failures"] == 0
+
+
+async def test_retriable_produce_rejection_is_retried_after_backoff_delays(
+    autojump_clock: trio.testing.MockClock, health: Health
+) -> None:
+    """A retriable immediate refusal of produce() is retried like a failed delivery."""
+    producer = FakeProducer()
+    producer.refuse(ProduceRejected(RETRIABLE), times=2)
+    async with running_publisher(producer, health) as inbox:
+        outcome, at = await publish(inbox, make_event())
+    assert producer.attempts == approx([0.0, 0.1, 0.3])
+    assert outcome == Published(partition=0, offset=0)
+    assert at == approx(0.3)
+
+
+async def test_retries_stop_at_the_deadline(
+    autojump_clock: trio.testing.MockClock, health: Health
+) -> None:
+    """With 0.5 s left, tries go at 0, 0.1, 0.3; the next would pass the deadline: 503-able."""
+    producer = FakeProducer()
+    producer.fail_deliveries(RETRIABLE, times=100)
+    async with running_publisher(producer, health) as inbox:
+        outcome, at = await publish(inbox, make_event(), timeout=0.5)
+    assert producer.attempts == approx([0.0, 0.1, 0.3])
+    assert at == approx(0.3)
+    assert at <= 0.5
+    assert isinstance(outcome, PublishFailed)
+    assert outcome.retriable is True
+    assert RETRIABLE.code in outcome.reason
+    assert health.counters["publish_failures"] == 1
+
+
+@pytest.mark.parametrize(
+    ("failure", "retriable"),
+    [
+        (PERMANENT, False),
+        # Fatal wins over retriable: the producer must be replaced, retrying it is pointless.
+        (KafkaFailure(code="_FATAL", reason="fenced", retriable=True, fatal=True), True),
+    ],
+)
+async def test_failure_that_must_not_be_retried_is_answered_at_once(
+    autojump_clock: trio.testing.MockClock,
+    health: Health,
+    failure: KafkaFailure,
+    retriable: bool,
+) -> None:
+    """A non-retriable (or fatal) delivery failure is answered at once, with no retry."""
+    producer = FakeProducer()
+    producer.fail_deliveries(failure)
+    async with running_publisher(producer, health) as inbox:
+        outcome, at = await publish(inbox, make_event())
+        # Give a wrong retry every chance to happen before the inbox closes.
+        await trio.sleep(10)
+    assert outcome == PublishFailed(reason=f"{failure.code}: {failure.reason}", retriable=retriable)
+    assert at == 0.0
+    assert producer.attempts == [0.0]
+    assert health.counters["publish_retries"] == 0
+
+
+async def test_non_retriable_produce_rejection_fails_at_once(
+    autojump_clock: trio.testing.MockClock, health: Health
+) -> None:
+    """produce() refusing for good (ProduceRejected, not retriable) is answered at once."""
+    producer = FakeProducer()
+    producer.refuse(ProduceRejected(PERMANENT))
+    async with running_publisher(producer, health) as inbox:
+        outcome, at = await publish(inbox, make_event())
+    assert outcome == PublishFailed(reason="MSG_SIZE_TOO_LARGE: message too large", retriable=False)
+    assert at == 0.0
+    assert producer.produced == []
+
+
+async def test_full_producer_queue_is_backpressure(
+    autojump_clock: trio.testing.MockClock, health: Health
+) -> None:
+    """BufferError makes the request wait 0.1 s and try again; it succeeds once there is room."""
+    producer = FakeProducer()
+    producer.refuse(BufferError("Local: Queue full"), times=3)
+    async with running_publisher(producer, health) as inbox:
+        outcome, at = await publish(inbox, make_event())
+        assert health.state("publisher").value is ActorState.RUNNING
+    assert producer.attempts == approx([0.0, 0.1, 0.2, 0.3])
+    assert outcome == Published(partition=0, offset=0)
+    assert at == approx(0.3)
+    assert health.counters["producer_queue_full"] == 3
+    assert health.counters["publish_retries"] == 0
+
+
+async def test_full_producer_queue_until_the_deadline_fails_retriable(
+    autojump_clock: trio.testing.MockClock, health: Health
+) -> None:
+    """A queue that stays full past the request's deadline answers PublishFailed(retriable)."""
+    producer = FakeProducer()
+    producer.refuse(BufferError("Local: Queue full"), times=100)
+    async with running_publisher(producer, health) as inbox:
+        outcome, at = await publish(inbox, make_event(), timeout=0.35)
+    assert outcome == PublishFailed(reason="producer queue full", retriable=True)
+    assert at == approx(0.3)
+    assert producer.attempts == approx([0.0, 0.1, 0.2, 0.3])
+
+
+async def test_inbox_is_not_drained_while_the_producer_refuses(
+    autojump_clock: trio.testing.MockClock, health: Health
+) -> None:
+    """While produce() raises BufferError the publisher takes nothing more: the inbox fills."""
+    producer = FakeProducer(queue_capacity=1, delivery_latency=10.0)
+    replies = []
+    async with running_publisher(producer, health, inbox_size=2) as inbox:
+        for user in ("u1", "u2", "u3", "u4"):
+            request, reply = make_request(make_event(user), timeout=100.0)
+            inbox.send_nowait(request)
+            replies.append(reply)
+            await trio.testing.wait_all_tasks_blocked()
+        # u1 is in the producer, u2 waits for room, u3 and u4 fill the inbox.
+        assert inbox.statistics().current_buffer_used == 2
+        with pytest.raises(trio.WouldBlock):
+            inbox.send_nowait(make_request(make_event("u5"))[0])
+        assert [message.key for message in producer.produced] == [b"u1"]
+        outcomes = [await reply.receive() for reply in replies]
+    assert outcomes == [Published(partition=0, offset=n) for n in range(4)]
+    assert [message.key for message in producer.produced] == [b"u1", b"u2", b"u3", b"u4"]
+    assert health.counters["producer_queue_full"] > 0
+    assert health.state("publisher").value is ActorState.STOPPED
+
+
+async def test_closed_inbox_drains_outstanding_work_then_flushes_and_stops(
+    autojump_clock: trio.testing.MockClock, health: Health
+) -> None:
+    """On inbox close the publisher waits for deliveries (retries too), flushes, then returns."""
+    journal: list[str] = []
+    producer = FakeProducer(delivery_latency=1.0, journal=journal)
+    producer.fail_deliveries(RETRIABLE)
+    send, receive = trio.open_memory_channel[PublishRequest](4)
+    first, first_reply = make_request(make_event("u1"))
+    second, second_reply = make_request(make_event("u2"))
+    send.send_nowait(first)
+    send.send_nowait(second)
+    send.close()
+
+    await publisher_actor(producer, receive, health)()
+
+    # u1 fails at 1.0, is retried at 1.1 and delivered at 2.1; only then may it return.
+    assert trio.current_time() == approx(2.1)
+    assert first_reply.receive_nowait() == Published(partition=0, offset=1)
+    assert second_reply.receive_nowait() == Published(partition=0, offset=0)
+    assert journal == [
+        "producer.produce",
+        "producer.produce",
+        "producer.deliver",
+        "producer.deliver",
+        "producer.produce",
+        "producer.deliver",
+        "producer.flush",
+    ]
+    assert producer.flushes == approx([2.1])
+    assert health.state("publisher").value is ActorState.STOPPED
+
+
+async def test_cancelled_publisher_flushes_what_the_producer_holds(
+    autojump_clock: trio.testing.MockClock, health: Health
+) -> None:
+    """Cancelled mid-delivery, the publisher still flushes and answers what got delivered."""
+    producer = FakeProducer(delivery_latency=0.5)
+    send, receive = trio.open_memory_channel[PublishRequest](4)
+    request, reply = make_request(make_event())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(publisher_actor(producer, receive, health))
+        await send.send(request)
+        await trio.sleep(0.2)
+        nursery.cancel_scope.cancel()
+    assert trio.current_time() == approx(0.5)
+    assert producer.flushes == approx([0.2])
+    assert reply.receive_nowait() == Published(partition=0, offset=0)
+    assert health.state("publisher").value is ActorState.STOPPED
+
+
+async def test_crashing_producer_poll_propagates_after_flush(
+    autojump_clock: trio.testing.MockClock, health: Health
+) -> None:
+    """An error from poll() (a fatal client) ends the actor after its exit flush, for a restart."""
+    producer = FakeProducer()
+    producer.crash_next_poll(RuntimeError("fatal: producer fenced"))
+    send, receive = trio.open_memory_channel[PublishRequest](4)
+    with pytest.RaisesGroup(pytest.RaisesExc(RuntimeError, match="fenced")):
+        await publisher_actor(producer, receive, health)()
+    assert producer.flushes == [0.0]
+    assert health.state("publisher").value is ActorState.STOPPED
+    send.close()
+
+
+async def test_health_follows_the_broker_connection(
+    autojump_clock: trio.testing.MockClock, health: Health
+) -> None:
+    """Health goes DEGRADED while the producer reports no connection, then back to RUNNING."""
+    producer = FakeProducer()
+    async with running_publisher(producer, health):
+        assert health.state("publisher").value is ActorState.RUNNING
+        producer.connected = False
+        with trio.fail_after(1):
+            await health.state("publisher").wait_value(ActorState.DEGRADED)
+        assert trio.current_time() == approx(0.1)  # within one pump interval
+        assert health.snapshot()["actors"]["publisher"]["detail"] == "broker unreachable"
+        producer.connected = None  # "don't know yet" is not "unreachable"
+        with trio.fail_after(1):
+            await health.state("publisher").wait_value(ActorState.RUNNING)
+        producer.connected = False
+        with trio.fail_after(1):
+            await health.state("publisher").wait_value(ActorState.DEGRADED)
+        producer.connected = True
+        with trio.fail_after(1):
+            await health.state("publisher").wait_value(ActorState.RUNNING)
+        assert "detail" not in health.snapshot()["actors"]["publisher"]
+    assert health.state("publisher").value is ActorState.STOPPED
+
+
+async def test_request_expired_in_the_inbox_is_not_produced(
+    autojump_clock: trio.testing.MockClock, health: Health
+) -> None:
+    """A request whose deadline passed before the publisher took it fails without a produce."""
+    producer = FakeProducer()
+    expired, replies = make_request(make_event(), timeout=1.0)
+    await trio.sleep(1.0)
+    async with running_publisher(producer, health) as inbox:
+        await inbox.send(expired)
+        with replies:
+            outcome = await replies.receive()
+    assert outcome == PublishFailed(reason="expired in the queue", retriable=True)
+    assert producer.attempts == []
