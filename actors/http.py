@@ -22,6 +22,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 from quart import Response, request
 from quart_trio import QuartTrio
+from trio_util import AsyncValue
 from werkzeug.exceptions import HTTPException
 
 from actors.events import InvalidRequest, Limits, event_from_request
@@ -173,10 +174,28 @@ async def _publish(
     return PublishFailed(reason="the broker did not confirm the event in time", retriable=True)
 
 
-def hypercorn_config(host: str, port: int, graceful_timeout: float) -> HypercornConfig:
+class _InFlightRequests:
+    """ASGI wrapper counting HTTP requests that have not finished their response."""
+
+    def __init__(self, app: QuartTrio) -> None:
+        self._app = app
+        self.count = AsyncValue(0)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        self.count.value += 1
+        try:
+            await self._app(scope, receive, send)
+        finally:
+            self.count.value -= 1
+
+
+def hypercorn_config(host: str, port: int, drain_timeout: float) -> HypercornConfig:
     config = HypercornConfig()
     config.bind = [f"{host}:{port}"]
-    config.graceful_timeout = graceful_timeout
+    config.graceful_timeout = drain_timeout
     config.accesslog = None  # one structured line per request is logged by the app itself
     config.errorlog = logging.getLogger("actors.http.server")
     return config
@@ -187,25 +206,35 @@ async def run_http(
     app: QuartTrio,
     host: str,
     port: int,
-    graceful_timeout: float,
+    drain_timeout: float,
     shutdown_trigger: Callable[[], Awaitable[Any]],
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` until ``shutdown_trigger`` returns, then let in-flight requests finish
-    within ``graceful_timeout`` seconds.
+    within ``drain_timeout`` seconds and drop idle connections.
 
     Reports its real binds (``["http://127.0.0.1:3000"]``) through ``task_status``.
+
+    # XXX: hypercorn's own graceful wait also waits for *idle* keep-alive connections, and
+    # under quart-trio their idle timer never fires (the request task that arms it is
+    # cancelled), so one idle client would hold shutdown until the deadline. We let hypercorn
+    # stop accepting (its trigger), wait for in-flight requests ourselves, then cancel it.
     """
-    config = hypercorn_config(host, port, graceful_timeout)
+    requests = _InFlightRequests(app)
+    config = hypercorn_config(host, port, drain_timeout)
     async with trio.open_nursery() as nursery:
-        binds = await nursery.start(_serve, app, config, shutdown_trigger)
+        binds = await nursery.start(_serve, requests, config, shutdown_trigger)
         log_fields(log, logging.INFO, "http listening", binds=binds)
         task_status.started(binds)
-    log_fields(log, logging.INFO, "http stopped")
+        await shutdown_trigger()
+        with trio.move_on_after(drain_timeout):
+            await requests.count.wait_value(0)
+        log_fields(log, logging.INFO, "http stopped", unfinishedRequests=requests.count.value)
+        nursery.cancel_scope.cancel()
 
 
 async def _serve(
-    app: QuartTrio,
+    app: Any,
     config: HypercornConfig,
     shutdown_trigger: Callable[[], Awaitable[Any]],
     *,

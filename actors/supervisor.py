@@ -7,7 +7,7 @@ reverse order, which nested nurseries express directly::
     publisher        <- HTTP (PublishRequest)
 
     start:    store, [topic], consumer, publisher, HTTP
-    shutdown: HTTP stops intake (hypercorn's graceful trigger)
+    shutdown: HTTP stops intake (hypercorn's trigger), in-flight requests finish
               -> publisher inbox closed: it drains, flushes, returns
               -> consumer cancelled: it commits what the store confirmed, leaves the group
               -> store inbox closed: it drains and returns
@@ -261,7 +261,10 @@ async def run_service(
                             app=app,
                             host=settings.http_host,
                             port=settings.http_port,
-                            graceful_timeout=settings.shutdown_timeout_ms / 1000,
+                            drain_timeout=min(
+                                settings.publish_timeout_ms / 1000 + 1,
+                                settings.shutdown_timeout_ms / 1000,
+                            ),
                             shutdown_trigger=stop.wait,
                         )
                     )
