@@ -1,4 +1,4 @@
-"""The Dockerfile, .dockerignore and docker-compose.yml say what docs/containers.md promises.
+"""The Dockerfile, .dockerignore and docker-compose.yml say what README.md promises.
 
 No Docker engine is needed: the files are parsed (a line-based Dockerfile reader, PyYAML for
 compose), linted with hadolint, validated against the compose-spec JSON schema, and the health
