@@ -23,7 +23,14 @@ from actors.events import Limits, MalformedEvent, UserEvent, decode_event
 from actors.health import ActorState, Health
 from actors.logs import log_fields
 from actors.messages import Put, PutOutcome, StoreCommand, Stored
-from actors.ports import ConsumerPort, DeliveryReport, KafkaFailure, ProducerPort, Record
+from actors.ports import (
+    ConsumerPort,
+    DeliveryReport,
+    KafkaFailure,
+    ProduceRejected,
+    ProducerPort,
+    Record,
+)
 
 __all__ = ["CONSUME_TIMEOUT", "run_consumer"]
 
@@ -98,8 +105,7 @@ class _Consumer:
             reason=reason,
             deadLettered=self._dead_letters is not None,
         )
-        if self._dead_letters is not None:
-            await self._dead_letters.send(record, reason)
+        if self._dead_letters is not None and await self._dead_letters.send(record, reason):
             self._health.count("dead_lettered")
 
     def _report_health(self) -> None:
@@ -126,24 +132,46 @@ class _DeadLetters:
         self._backoff = backoff
         self._health = health
 
-    async def send(self, record: Record, reason: str) -> None:
-        headers = (
+    async def send(self, record: Record, reason: str) -> bool:
+        """Write ``record`` to the dead-letter topic; ``True`` once the broker acknowledged it.
+
+        Retriable failures are retried with backoff, for as long as it takes. A record the
+        broker refuses for good (e.g. larger than it accepts) is written without its value,
+        with headers saying why and how large it was; if even that is refused, it is logged
+        and skipped, because nothing better can be done with it.
+        """
+        headers: tuple[tuple[str, bytes], ...] = (
             *record.headers,
             ("dlq.reason", reason.encode()),
             ("dlq.source.topic", record.topic.encode()),
             ("dlq.source.partition", str(record.partition).encode()),
             ("dlq.source.offset", str(record.offset).encode()),
         )
+        value = record.value
         attempt = 1
-        while (failure := await self._deliver(record, headers)) is not None:
+        while (failure := await self._deliver(record.key, value, headers)) is not None:
+            if not failure.retriable:
+                if value is None:
+                    self._health.count("dead_letter_refused")
+                    self._log_failure(
+                        logging.ERROR, "dead-letter write refused; skipped", record, failure
+                    )
+                    return False
+                self._log_failure(
+                    logging.WARNING, "dead-letter write refused; value dropped", record, failure
+                )
+                headers += (
+                    ("dlq.value.dropped", failure.code.encode()),
+                    ("dlq.value.size", str(len(value)).encode()),
+                )
+                value = None
+                continue
             delay = self._backoff.delay(attempt)
-            log_fields(
-                log,
+            self._log_failure(
                 logging.WARNING,
                 "dead-letter write failed",
-                code=failure.code,
-                partition=record.partition,
-                offset=record.offset,
+                record,
+                failure,
                 retryIn=round(delay, 3),
             )
             # Consumption waits here (the poison record's offset must not advance); the next
@@ -151,21 +179,39 @@ class _DeadLetters:
             self._health.report(ACTOR, ActorState.DEGRADED, "dead-letter topic not writable")
             await trio.sleep(delay)
             attempt += 1
+        return True
+
+    @staticmethod
+    def _log_failure(
+        level: int, message: str, record: Record, failure: KafkaFailure, **fields: object
+    ) -> None:
+        log_fields(
+            log,
+            level,
+            message,
+            code=failure.code,
+            reason=failure.reason,
+            partition=record.partition,
+            offset=record.offset,
+            **fields,
+        )
 
     async def _deliver(
-        self, record: Record, headers: tuple[tuple[str, bytes], ...]
+        self, key: bytes | None, value: bytes | None, headers: tuple[tuple[str, bytes], ...]
     ) -> KafkaFailure | None:
         reports: list[DeliveryReport] = []
         try:
             self._producer.produce(
                 topic=self._topic,
-                key=record.key,
-                value=record.value,
+                key=key,
+                value=value,
                 headers=headers,
                 on_delivery=reports.append,
             )
         except BufferError:
             return KafkaFailure(code="_QUEUE_FULL", reason="local queue full", retriable=True)
+        except ProduceRejected as rejected:
+            return rejected.failure
         while not reports:
             await self._producer.poll(CONSUME_TIMEOUT)
         report = reports[0]

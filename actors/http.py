@@ -23,7 +23,7 @@ from hypercorn.trio import serve
 from quart import Response, request
 from quart_trio import QuartTrio
 from trio_util import AsyncValue
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestTimeout
 
 from actors.events import InvalidRequest, Limits, event_from_request
 from actors.health import Health
@@ -78,16 +78,24 @@ def create_app(
 ) -> QuartTrio:
     """The ASGI app; it reaches the other actors only through the channel ends given here."""
     app = QuartTrio(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = options.max_body_bytes
+    # NOTE: the size limit is enforced while reading (_read_body), not by quart's
+    # MAX_CONTENT_LENGTH, which answers 413 before the body has arrived (see _read_body).
+    app.config["MAX_CONTENT_LENGTH"] = None
     retry_after = {"Retry-After": str(max(1, math.ceil(options.publish_timeout)))}
 
     @app.post("/events/generate")
     async def generate_event() -> Response:
+        body = await _read_body(options.max_body_bytes)
+        if body is None:
+            return error_response(
+                413,
+                "request_entity_too_large",
+                f"the body must be at most {options.max_body_bytes} bytes",
+            )
         if request.mimetype not in _JSON_TYPES and not request.mimetype.endswith("+json"):
             return error_response(
                 415, "unsupported_media_type", "Content-Type must be application/json"
             )
-        body = await request.get_data(cache=False, as_text=False, parse_form_data=False)
         try:
             event = event_from_request(body, options.limits)
         except InvalidRequest as invalid:
@@ -142,6 +150,7 @@ def create_app(
 
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:
+        await _read_body(options.max_body_bytes)
         name = (error.name or "error").lower().replace(" ", "_")
         response = error_response(error.code or 500, name, error.description or name)
         if error.code == 405 and (allowed := error.get_response().headers.get("Allow")):
@@ -154,6 +163,40 @@ def create_app(
         return error_response(500, "internal_error", "the service failed to handle the request")
 
     return app
+
+
+#: How much of a body beyond the limit is read (and dropped) before answering 413.
+OVERSIZED_BODY_DRAIN_BYTES = 1024 * 1024
+
+#: How long reading a request body may take before the request fails with 408.
+BODY_READ_SECONDS = 30.0
+
+
+async def _read_body(limit: int) -> bytes | None:
+    """The request body, or ``None`` when it is larger than ``limit`` bytes.
+
+    Every answer is sent only after the body was read, even when it is not used or too large
+    (up to :data:`OVERSIZED_BODY_DRAIN_BYTES` beyond the limit).
+
+    # XXX: when a response goes out before the client finished sending its body, hypercorn 0.18
+    # under quart-trio never reads the rest and the next request on that keep-alive connection
+    # hangs; quart's own MAX_CONTENT_LENGTH answers early in exactly that way.
+
+    Raises:
+        RequestTimeout: the body did not arrive within :data:`BODY_READ_SECONDS`.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    with trio.move_on_after(BODY_READ_SECONDS) as reading:
+        async for chunk in request.body:
+            size += len(chunk)
+            if size <= limit:
+                chunks.append(chunk)
+            elif size > limit + OVERSIZED_BODY_DRAIN_BYTES:
+                break
+    if reading.cancelled_caught:
+        raise RequestTimeout()
+    return b"".join(chunks) if size <= limit else None
 
 
 async def _publish(
@@ -174,22 +217,22 @@ async def _publish(
     return PublishFailed(reason="the broker did not confirm the event in time", retriable=True)
 
 
-class _InFlightRequests:
-    """ASGI wrapper counting HTTP requests that have not finished their response."""
+class _RequestTracker:
+    """ASGI wrapper around the app counting the requests that have not finished answering."""
 
     def __init__(self, app: QuartTrio) -> None:
         self._app = app
-        self.count = AsyncValue(0)
+        self.in_flight = AsyncValue(0)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
-        self.count.value += 1
+        self.in_flight.value += 1
         try:
             await self._app(scope, receive, send)
         finally:
-            self.count.value -= 1
+            self.in_flight.value -= 1
 
 
 def hypercorn_config(host: str, port: int, drain_timeout: float) -> HypercornConfig:
@@ -220,7 +263,7 @@ async def run_http(
     # cancelled), so one idle client would hold shutdown until the deadline. We let hypercorn
     # stop accepting (its trigger), wait for in-flight requests ourselves, then cancel it.
     """
-    requests = _InFlightRequests(app)
+    requests = _RequestTracker(app)
     config = hypercorn_config(host, port, drain_timeout)
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(_serve, requests, config, shutdown_trigger)
@@ -228,8 +271,8 @@ async def run_http(
         task_status.started(binds)
         await shutdown_trigger()
         with trio.move_on_after(drain_timeout):
-            await requests.count.wait_value(0)
-        log_fields(log, logging.INFO, "http stopped", unfinishedRequests=requests.count.value)
+            await requests.in_flight.wait_value(0)
+        log_fields(log, logging.INFO, "http stopped", unfinishedRequests=requests.in_flight.value)
         nursery.cancel_scope.cancel()
 
 

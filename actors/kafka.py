@@ -51,6 +51,9 @@ MAX_BLOCKING_SECONDS = 0.5
 #: How often librdkafka reports statistics; they tell whether a broker connection is up.
 STATISTICS_INTERVAL_MS = 1000
 
+#: Upper bound of librdkafka's reconnect backoff.
+RECONNECT_BACKOFF_MAX_MS = 1000
+
 #: Errors worth another try even when librdkafka does not flag them retriable: they mean
 #: "the broker was not reachable or not ready", not "this message is wrong".
 _TRANSIENT = frozenset(
@@ -84,6 +87,9 @@ def client_config(settings: Settings) -> dict[str, Any]:
         "client.id": settings.client_id,
         "security.protocol": settings.security_protocol,
         "logger": logging.getLogger("actors.kafka.librdkafka"),
+        # librdkafka backs off reconnects up to 10 s by default; after an outage that delays
+        # recovery by as much. One second keeps recovery quick at a small cost in retries.
+        "reconnect.backoff.max.ms": RECONNECT_BACKOFF_MAX_MS,
     }
     optional = {
         "sasl.mechanism": settings.sasl_mechanism,
@@ -166,8 +172,11 @@ class _Connectivity:
         )
 
     def on_stats(self, stats_json: str) -> None:
-        brokers = json.loads(stats_json).get("brokers", {})
-        self.connected = any(broker.get("state") == "UP" for broker in brokers.values())
+        brokers = json.loads(stats_json).get("brokers", {}).values()
+        # Logical brokers (the group coordinator alias) mirror a real one; internal ones are
+        # librdkafka's own. Only configured and learned brokers say whether a broker is reachable.
+        real = [broker for broker in brokers if broker.get("source") in ("configured", "learned")]
+        self.connected = any(broker.get("state") == "UP" for broker in real)
 
     def callbacks(self) -> dict[str, Any]:
         return {"error_cb": self.on_error, "stats_cb": self.on_stats}

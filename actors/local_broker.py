@@ -109,6 +109,7 @@ def start_local_broker(
     if not _port_is_free(port):
         raise LocalBrokerError(f"port {port} is already in use; set LOCAL_BROKER_PORT to another")
     url = f"tcp://{HOST}:{port}"
+    advertised = f"tcp://{HOST}:{advertised_port or port}"
     process = subprocess.Popen(
         [
             broker_binary(),
@@ -116,7 +117,7 @@ def start_local_broker(
             "--listener-url",
             url,
             "--advertised-listener-url",
-            url,
+            advertised,
             "--storage-engine",
             "memory://tansu/",
         ],

@@ -69,6 +69,7 @@ def openapi_document(options: HttpOptions) -> dict[str, Any]:
             "eventType": {"type": "string", "enum": event_types},
             "payload": {
                 "type": "object",
+                "nullable": True,
                 "description": f"At most {limits.max_payload_bytes} bytes as JSON and "
                 f"{limits.max_payload_depth} levels deep.",
             },

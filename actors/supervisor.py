@@ -121,17 +121,24 @@ async def supervise_actor(
             failures.append(now)
             while failures and failures[0] <= now - policy.window:
                 failures.popleft()
+            giving_up = len(failures) >= policy.max_failures
+            delay = policy.backoff.delay(len(failures))
             log.exception(
                 "actor %s failed",
                 name,
                 exc_info=error,
-                extra={"structured_fields": {"actor": name, "failures": len(failures)}},
+                extra={
+                    "structured_fields": {
+                        "actor": name,
+                        "failures": len(failures),
+                        "retryIn": None if giving_up else round(delay, 3),
+                    }
+                },
             )
-            if len(failures) >= policy.max_failures:
+            if giving_up:
                 raise TooManyRestarts(
                     f"{name} failed {len(failures)} times within {policy.window:g} s"
                 ) from error
-            delay = policy.backoff.delay(len(failures))
             health.report(
                 name, ActorState.RESTARTING, f"{type(error).__name__}; retry in {delay:.2f} s"
             )
@@ -316,7 +323,7 @@ async def supervise(settings: Settings, ports: KafkaPorts | None = None) -> int:
                 await run_service(settings, stop=stop, ports=ports or kafka_ports(settings))
             except* TooManyRestarts as group:
                 for error in group.exceptions:
-                    log_fields(log, logging.CRITICAL, "giving up", reason=str(error))
+                    log_fields(log, logging.CRITICAL, "giving up", reason=str(_innermost(error)))
                 status = 1
         if service.cancelled_caught:
             log_fields(log, logging.ERROR, "shutdown deadline exceeded; remaining work cancelled")

@@ -683,3 +683,118 @@ def process_control(service: Services) -> Spawn:
             "externally managed service"
         )
     return service.spawn
+
+
+# --- fault injection -------------------------------------------------------------------------
+
+# NOTE: imported here rather than at the top so that this section stays self-contained.
+
+from confluent_kafka import ConsumerGroupTopicPartitions  # noqa: E402
+
+from .proxy import TcpProxy  # noqa: E402
+
+
+@attrs.frozen
+class ProxiedBroker:
+    """A Tansu of its own behind a :class:`TcpProxy` that a test may cut and restore.
+
+    The broker advertises the proxy's address, so every client (the service's and ``kafka``, an
+    independent reader and producer) reaches it only through the proxy. Read with ``kafka``
+    only while the proxy forwards.
+    """
+
+    local: LocalBroker
+    proxy: TcpProxy
+    kafka: KafkaTools
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.proxy.listen_port}"
+
+
+@pytest.fixture
+def proxied_broker(service: Services, tmp_path: Path) -> Iterator[ProxiedBroker]:
+    """A fresh broker reachable only through a cuttable proxy; the services this test spawned
+    are stopped before it (with the path restored, so that they stop promptly)."""
+    if service.external:
+        pytest.skip("cuts the path between the service and its broker; APP_URL is external")
+    proxy_port = free_port()
+    with (tmp_path / "tansu-proxied.log").open("wb") as output:
+        local = start_local_broker(advertised_port=proxy_port, output=output)
+    try:
+        with TcpProxy(listen_port=proxy_port, target_port=local.port) as proxy:
+            address = f"127.0.0.1:{proxy_port}"
+            _wait_for_broker(address)
+            if not local.alive():
+                pytest.fail(f"the proxied broker exited (code {local.process.returncode})")
+            tools = KafkaTools(address)
+            try:
+                yield ProxiedBroker(local=local, proxy=proxy, kafka=tools)
+            finally:
+                proxy.restore()
+                service.close()
+                tools.close()
+    finally:
+        local.stop()
+
+
+def spawn_module(
+    services: Services,
+    module: str,
+    env: Mapping[str, str] | None = None,
+    *,
+    wait_healthy: bool = True,
+    bootstrap_servers: str | None = None,
+) -> ServiceProcess:
+    """Like :meth:`Services.spawn`, but run ``python -m module`` (a test's wrapper around
+    ``actors.__main__.main`` that injects a fault) instead of ``python -m actors``."""
+    if services.external:
+        pytest.skip("runs a fault-injecting build of the service; APP_URL is external")
+    overrides = dict(env or {})
+    port = int(overrides.get("HTTP_PORT") or free_port())
+    number = len(services.processes) + 1
+    log_path = services.tmp_path / f"service-{number}.log"
+    with log_path.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", module],
+            cwd=REPO_ROOT,
+            env=services.environment(port, overrides, bootstrap_servers),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    handle = ServiceProcess(
+        base_url=f"http://127.0.0.1:{port}",
+        topic=services.topic,
+        group=services.group,
+        name=f"{module} {number} (pid {process.pid})",
+        process=process,
+        log_path=log_path,
+    )
+    services.processes.append(handle)
+    if wait_healthy:
+        handle.wait_healthy()
+    return handle
+
+
+def committed_offsets(bootstrap_servers: str, group: str, topic: str) -> dict[int, int]:
+    """The group's committed offset per partition of ``topic`` (partitions without a commit
+    are left out), as the broker reports it now."""
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    partitions = admin.list_topics(topic, timeout=5).topics[topic].partitions
+    request = ConsumerGroupTopicPartitions(
+        group, [TopicPartition(topic, partition) for partition in partitions]
+    )
+    answer = admin.list_consumer_group_offsets([request], request_timeout=5)[group].result()
+    return {
+        position.partition: position.offset
+        for position in answer.topic_partitions
+        if position.error is None and position.offset >= 0
+    }
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of ``pid`` (Linux ``/proc/PID/status`` ``VmRSS``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for pid {pid}")

@@ -23,7 +23,7 @@ from actors.consumer import run_consumer
 from actors.events import Limits, new_event
 from actors.health import ActorState, Health
 from actors.messages import ListEvents, Put, PutOutcome, StoreCommand
-from actors.ports import KafkaFailure, KafkaFatalError, Record
+from actors.ports import KafkaFailure, KafkaFatalError, ProduceRejected, Record
 from actors.store import run_store
 
 TOPIC = "user-activity-events"
@@ -377,3 +377,47 @@ async def test_consumer_is_closed_when_the_dead_letter_producer_cannot_be_opened
             health=make_health(),
         )
     assert len(consumer.closes) == len(opened)
+
+
+TOO_LARGE = KafkaFailure(code="MSG_SIZE_TOO_LARGE", reason="message too large")
+
+
+async def test_record_too_large_for_the_dead_letter_topic_is_written_without_its_value(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A DLQ refusal for size writes the record's key and headers without its value, at once."""
+    health = make_health()
+    dead_letters = FakeProducer()
+    dead_letters.refuse(ProduceRejected(TOO_LARGE))
+    poison = record(0, b"[" * 50, key=b"k1")
+    consumer = FakeConsumer([poison, record(1, event_json("u2"))])
+    async with running_consumer(consumer, health, dead_letters=dead_letters):
+        await wait_stored(consumer, 2)
+
+    assert dead_letters.attempts == [0.0, 0.0]
+    [message] = dead_letters.produced
+    assert message.key == b"k1"
+    assert message.value is None
+    assert ("dlq.value.dropped", b"MSG_SIZE_TOO_LARGE") in message.headers
+    assert ("dlq.value.size", b"50") in message.headers
+    assert ("dlq.source.offset", b"0") in message.headers
+    assert [stored.offset for stored in consumer.stored] == [0, 1]
+    assert health.counters["dead_lettered"] == 1
+
+
+async def test_record_the_dead_letter_topic_refuses_for_good_is_skipped(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """When even the value-less copy is refused, the record is logged, counted and skipped."""
+    health = make_health()
+    dead_letters = FakeProducer()
+    dead_letters.refuse(ProduceRejected(TOO_LARGE), times=2)
+    consumer = FakeConsumer([record(0, b"not json"), record(1, event_json("u2"))])
+    async with running_consumer(consumer, health, dead_letters=dead_letters):
+        await wait_stored(consumer, 2)
+
+    assert dead_letters.produced == []
+    assert [stored.offset for stored in consumer.stored] == [0, 1]
+    assert health.counters["dead_letter_refused"] == 1
+    assert health.counters["dead_lettered"] == 0
+    assert health.counters["malformed"] == 1
