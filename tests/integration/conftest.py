@@ -609,6 +609,7 @@ class Services:
         args: Sequence[str] = (),
         wait_healthy: bool = True,
         bootstrap_servers: str | None = None,
+        module: str = "actors",
     ) -> ServiceProcess:
         """Start ``python -m actors`` with the test's settings plus ``env``.
 
@@ -617,6 +618,7 @@ class Services:
             args: command-line arguments, e.g. ``("--local-broker",)``.
             wait_healthy: wait (bounded) until ``GET /health`` answers 200.
             bootstrap_servers: another address for the broker, e.g. a proxy in front of it.
+            module: the module to run instead of ``actors`` (a test's fault-injecting wrapper).
         """
         if self.app_url is not None:
             raise RuntimeError("cannot spawn with APP_URL set; request process_control")
@@ -626,7 +628,7 @@ class Services:
         log_path = self.tmp_path / f"service-{number}.log"
         with log_path.open("wb") as output:
             process = subprocess.Popen(
-                [sys.executable, "-m", "actors", *args],
+                [sys.executable, "-m", module, *args],
                 cwd=REPO_ROOT,
                 env=self.environment(port, overrides, bootstrap_servers),
                 stdout=output,
@@ -636,7 +638,7 @@ class Services:
             base_url=f"http://127.0.0.1:{port}",
             topic=self.topic,
             group=self.group,
-            name=f"service-{number} (pid {process.pid})",
+            name=f"{module} {number} (pid {process.pid})",
             process=process,
             log_path=log_path,
         )
@@ -750,30 +752,9 @@ def spawn_module(
     ``actors.__main__.main`` that injects a fault) instead of ``python -m actors``."""
     if services.external:
         pytest.skip("runs a fault-injecting build of the service; APP_URL is external")
-    overrides = dict(env or {})
-    port = int(overrides.get("HTTP_PORT") or free_port())
-    number = len(services.processes) + 1
-    log_path = services.tmp_path / f"service-{number}.log"
-    with log_path.open("wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", module],
-            cwd=REPO_ROOT,
-            env=services.environment(port, overrides, bootstrap_servers),
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    handle = ServiceProcess(
-        base_url=f"http://127.0.0.1:{port}",
-        topic=services.topic,
-        group=services.group,
-        name=f"{module} {number} (pid {process.pid})",
-        process=process,
-        log_path=log_path,
+    return services.spawn(
+        env, wait_healthy=wait_healthy, bootstrap_servers=bootstrap_servers, module=module
     )
-    services.processes.append(handle)
-    if wait_healthy:
-        handle.wait_healthy()
-    return handle
 
 
 def committed_offsets(bootstrap_servers: str, group: str, topic: str) -> dict[int, int]:
