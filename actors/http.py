@@ -25,7 +25,7 @@ from quart_trio import QuartTrio
 from trio_util import AsyncValue
 from werkzeug.exceptions import HTTPException, RequestTimeout
 
-from actors.events import InvalidRequest, Limits, event_from_request
+from actors.events import InvalidRequest, Limits, UserEvent, event_from_request
 from actors.health import Health
 from actors.logs import log_fields
 from actors.messages import (
@@ -200,7 +200,7 @@ async def _read_body(limit: int) -> bytes | None:
 
 
 async def _publish(
-    publish: trio.MemorySendChannel[PublishRequest], event: Any, timeout: float
+    publish: trio.MemorySendChannel[PublishRequest], event: UserEvent, timeout: float
 ) -> PublishOutcome:
     """Hand the event to the publisher and wait for the broker's answer, at most ``timeout``."""
     send, receive = trio.open_memory_channel[PublishOutcome](1)
