@@ -229,17 +229,18 @@ def group(app_url: str | None) -> str:
 class KafkaTools:
     """A producer and readers that share nothing with the service but the broker."""
 
-    def __init__(self, bootstrap_servers: str) -> None:
+    def __init__(self, bootstrap_servers: str, *, message_max_bytes: int | None = None) -> None:
         self.bootstrap_servers = bootstrap_servers
         # Idempotent so that messages of one key land in the order they were produced.
-        self._producer = Producer(
-            {
-                "bootstrap.servers": bootstrap_servers,
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 0,
-            }
-        )
+        config: dict[str, Any] = {
+            "bootstrap.servers": bootstrap_servers,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 0,
+        }
+        if message_max_bytes is not None:
+            config["message.max.bytes"] = message_max_bytes
+        self._producer = Producer(config)
 
     def produce(
         self, topic: str, messages: Sequence[tuple[bytes | None, bytes | None]], timeout: float = 10
@@ -249,22 +250,37 @@ class KafkaTools:
         Returns:
             ``(partition, offset)`` of each message, in the order given.
         """
-        reports: list[tuple[KafkaError | None, Message] | None] = [None] * len(messages)
+        return self.produce_with_headers(
+            topic, [(key, value, []) for key, value in messages], timeout
+        )
+
+    def produce_with_headers(
+        self,
+        topic: str,
+        records: Sequence[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]],
+        timeout: float = 10,
+    ) -> list[tuple[int, int]]:
+        """Like :meth:`produce`, for ``(key, value, headers)`` records."""
+        reports: list[tuple[KafkaError | None, Message] | None] = [None] * len(records)
 
         def delivered(index: int, error: KafkaError | None, message: Message) -> None:
             reports[index] = (error, message)
 
-        for index, (key, value) in enumerate(messages):
+        for index, (key, value, headers) in enumerate(records):
             self._producer.produce(
-                topic, key=key, value=value, on_delivery=partial(delivered, index)
+                topic,
+                key=key,
+                value=value,
+                headers=headers or None,
+                on_delivery=partial(delivered, index),
             )
         left = self._producer.flush(timeout)
         assert left == 0, f"{left} message(s) not delivered to {topic} within {timeout:g} s"
         positions = []
-        for report in reports:
+        for index, report in enumerate(reports):
             assert report is not None
             error, message = report
-            assert error is None, f"delivery to {topic} failed: {error}"
+            assert error is None, f"the broker refused message {index} for {topic}: {error}"
             partition, offset = message.partition(), message.offset()
             assert partition is not None
             assert offset is not None

@@ -11,16 +11,13 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator, Sequence
-from functools import partial
 from typing import Any
 
 import attrs
 import pytest
 from confluent_kafka import (
     ConsumerGroupTopicPartitions,
-    KafkaError,
     Message,
-    Producer,
 )
 from confluent_kafka.admin import AdminClient
 
@@ -126,61 +123,10 @@ LOGGED_AND_SKIPPED = [
 # --- an independent producer for big, headed records -----------------------------------------
 
 
-class PoisonProducer:
-    """Raw records with headers, up to a few MB; shares nothing with the service."""
-
-    def __init__(self, bootstrap_servers: str) -> None:
-        self._producer = Producer(
-            {
-                "bootstrap.servers": bootstrap_servers,
-                "enable.idempotence": True,  # one key's records land in the order given
-                "acks": "all",
-                "linger.ms": 0,
-                "message.max.bytes": 4 * ONE_MEGABYTE,
-            }
-        )
-
-    def produce(
-        self,
-        topic: str,
-        records: Sequence[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]],
-        timeout: float = 15,
-    ) -> list[tuple[int, int]]:
-        """Produce ``(key, value, headers)`` in order; returns each ``(partition, offset)``."""
-        reports: list[tuple[KafkaError | None, Message] | None] = [None] * len(records)
-
-        def delivered(index: int, error: KafkaError | None, message: Message) -> None:
-            reports[index] = (error, message)
-
-        for index, (key, value, headers) in enumerate(records):
-            self._producer.produce(
-                topic,
-                key=key,
-                value=value,
-                headers=headers or None,
-                on_delivery=partial(delivered, index),
-            )
-        left = self._producer.flush(timeout)
-        assert left == 0, f"{left} record(s) not delivered to {topic} within {timeout:g} s"
-        positions = []
-        for index, report in enumerate(reports):
-            assert report is not None
-            error, message = report
-            assert error is None, f"the broker refused record {index} for {topic}: {error}"
-            partition, offset = message.partition(), message.offset()
-            assert partition is not None
-            assert offset is not None
-            positions.append((partition, offset))
-        return positions
-
-    def close(self) -> None:
-        self._producer.flush(5)
-
-
 @pytest.fixture(scope="module")
-def poison_producer(broker: Broker) -> Iterator[PoisonProducer]:
+def poison_producer(broker: Broker) -> Iterator[KafkaTools]:
     """An independent producer whose message.max.bytes allows a record over 1 MB."""
-    producer = PoisonProducer(broker.bootstrap_servers)
+    producer = KafkaTools(broker.bootstrap_servers, message_max_bytes=4 * ONE_MEGABYTE)
     yield producer
     producer.close()
 
@@ -205,18 +151,18 @@ class Sent:
     valid_position: tuple[int, int]
 
 
-def send_poison_then_valid(producer: PoisonProducer, topic: str, poisons: Sequence[Poison]) -> Sent:
+def send_poison_then_valid(producer: KafkaTools, topic: str, poisons: Sequence[Poison]) -> Sent:
     """Produce every poison record (each with an original header of its own) and then a valid
     event, all on one key: one partition, in this order."""
     user = unique_user()
     key = user.encode()
     headers = [[("origin", f"poison-{index}".encode())] for index in range(len(poisons))]
-    positions = producer.produce(
+    positions = producer.produce_with_headers(
         topic,
         [(key, poison.value, header) for poison, header in zip(poisons, headers, strict=True)],
     )
     valid = make_event(user, "LOGOUT", after="poison")
-    [valid_position] = producer.produce(topic, [(key, encode(valid), [])])
+    [valid_position] = producer.produce_with_headers(topic, [(key, encode(valid), [])])
     assert {partition for partition, _ in positions} == {valid_position[0]}
     assert [offset for _, offset in positions] == sorted(offset for _, offset in positions)
     assert valid_position[1] > positions[-1][1]
@@ -296,7 +242,7 @@ def check_dead_letters(
 
 def test_poison_messages_are_dead_lettered(
     process_control: Spawn,
-    poison_producer: PoisonProducer,
+    poison_producer: KafkaTools,
     kafka: KafkaTools,
     broker: Broker,
     group: str,
@@ -329,7 +275,7 @@ def test_poison_messages_are_dead_lettered(
 
 def test_oversized_poison_message_is_dead_lettered(
     process_control: Spawn,
-    poison_producer: PoisonProducer,
+    poison_producer: KafkaTools,
     kafka: KafkaTools,
     dlq_topic: str,
 ) -> None:
@@ -362,7 +308,7 @@ def test_oversized_poison_message_is_dead_lettered(
 
 
 def test_poison_messages_are_logged_and_skipped_without_dlq(
-    process_control: Spawn, poison_producer: PoisonProducer
+    process_control: Spawn, poison_producer: KafkaTools
 ) -> None:
     """Without a DLQ each poison record gets one WARNING line (topic, partition, offset,
     reason), is counted as malformed and skipped, and the valid event after it is processed."""
