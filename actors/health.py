@@ -30,12 +30,14 @@ class ActorState(enum.Enum):
 
 
 class Health:
-    """Per-actor state, a short reason, and monotonically increasing counters."""
+    """Per-actor state, a short reason, monotonically increasing counters, and gauges (values
+    that go up and down, such as how many events the store holds)."""
 
     def __init__(self, actors: Iterable[str]) -> None:
         self._states = {name: AsyncValue(ActorState.STARTING) for name in actors}
         self._details: dict[str, str] = {}
         self.counters: collections.Counter[str] = collections.Counter()
+        self.gauges: dict[str, int] = {}
 
     def state(self, actor: str) -> AsyncValue[ActorState]:
         return self._states[actor]
@@ -51,6 +53,9 @@ class Health:
     def count(self, counter: str, amount: int = 1) -> None:
         self.counters[counter] += amount
 
+    def gauge(self, name: str, value: int) -> None:
+        self.gauges[name] = value
+
     @property
     def healthy(self) -> bool:
         return all(value.value is ActorState.RUNNING for value in self._states.values())
@@ -65,4 +70,5 @@ class Health:
             "status": "ok" if self.healthy else "degraded",
             "actors": actors,
             "counters": dict(sorted(self.counters.items())),
+            "gauges": dict(sorted(self.gauges.items())),
         }

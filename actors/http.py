@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Awaitable, Callable
+import weakref
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 import attrs
@@ -29,11 +30,12 @@ from actors.events import InvalidRequest, Limits, UserEvent, event_from_request
 from actors.health import Health
 from actors.logs import log_fields
 from actors.messages import (
-    ListEvents,
+    EventsPage,
     Published,
     PublishFailed,
     PublishOutcome,
     PublishRequest,
+    ReadEvents,
     StoreCommand,
 )
 from actors.openapi import openapi_document
@@ -46,6 +48,11 @@ access_log = logging.getLogger("actors.http.access")
 #: How long a listing may wait for the store before the request fails with 503.
 STORE_QUERY_SECONDS = 5.0
 
+#: Most JSON bytes a listing asks the store for at once, and so about the size of each chunk
+#: of the response: small enough that a page is built in microseconds, large enough that
+#: 100,000 events take a few hundred round trips.
+LISTING_CHUNK_BYTES = 128 * 1024
+
 _JSON_TYPES = ("application/json",)
 
 
@@ -54,6 +61,7 @@ class HttpOptions:
     limits: Limits
     publish_timeout: float
     max_body_bytes: int
+    max_listings: int = 4
 
 
 def json_response(
@@ -82,6 +90,7 @@ def create_app(
     # MAX_CONTENT_LENGTH, which answers 413 before the body has arrived (see _read_body).
     app.config["MAX_CONTENT_LENGTH"] = None
     retry_after = {"Retry-After": str(max(1, math.ceil(options.publish_timeout)))}
+    listings = _Listings(options.max_listings)
 
     @app.post("/events/generate")
     async def generate_event() -> Response:
@@ -115,18 +124,23 @@ def create_app(
 
     @app.get("/events/processed")
     async def processed_events() -> Response:
-        send, receive = trio.open_memory_channel[tuple[bytes, ...]](1)
-        with trio.move_on_after(STORE_QUERY_SECONDS):
-            await store.send(ListEvents(reply=send))
-            with receive:
-                encoded = await receive.receive()
-            return json_response(b"[" + b",".join(encoded) + b"]", 200)
-        return error_response(
-            503,
-            "store_unavailable",
-            "the store did not answer in time",
-            headers={"Retry-After": "1"},
-        )
+        if listings.full:
+            return error_response(
+                503,
+                "too_many_listings",
+                f"at most {options.max_listings} full listings are sent at once; retry shortly",
+                headers={"Retry-After": "1"},
+            )
+        try:
+            first = await _read_page(store)
+        except StoreUnavailable:
+            return error_response(
+                503,
+                "store_unavailable",
+                "the store did not answer in time",
+                headers={"Retry-After": "1"},
+            )
+        return Response(listings.open(_listing_chunks(store, first)), mimetype="application/json")
 
     @app.get("/health")
     async def health_check() -> Response:
@@ -215,6 +229,77 @@ async def _publish(
         except trio.EndOfChannel:  # the publisher dropped the request without an answer
             return PublishFailed(reason="the publisher stopped", retriable=True)
     return PublishFailed(reason="the broker did not confirm the event in time", retriable=True)
+
+
+class StoreUnavailable(Exception):
+    """The store did not answer within :data:`STORE_QUERY_SECONDS`."""
+
+
+async def _read_page(
+    store: trio.MemorySendChannel[StoreCommand], start: int | None = None, end: int | None = None
+) -> EventsPage:
+    """One page of the store, from ``start`` (default: the oldest) up to ``end`` (the newest).
+
+    Raises:
+        StoreUnavailable: no answer within :data:`STORE_QUERY_SECONDS`.
+    """
+    send, receive = trio.open_memory_channel[EventsPage](1)
+    request = ReadEvents(start=start, end=end, max_bytes=LISTING_CHUNK_BYTES, reply=send)
+    with trio.move_on_after(STORE_QUERY_SECONDS):
+        await store.send(request)
+        with receive:
+            return await receive.receive()
+    raise StoreUnavailable()
+
+
+async def _listing_chunks(
+    store: trio.MemorySendChannel[StoreCommand], page: EventsPage
+) -> AsyncGenerator[bytes, None]:
+    """The JSON array of the events stored when the listing began, one store page per chunk.
+
+    Only one page is held at a time, and the store is asked again between chunks, so neither
+    memory nor other requests wait for a large listing. Events evicted while the listing is
+    being sent are left out.
+
+    Raises:
+        StoreUnavailable: the store stopped answering mid-listing; the response is cut off
+            (the connection closes), so that a client never takes a partial array for a whole.
+    """
+    parts = [b"["]
+    emitted = False
+    while True:
+        if page.events:
+            parts += [b",", b",".join(page.events)] if emitted else [b",".join(page.events)]
+            emitted = True
+        if page.last:
+            parts.append(b"]")
+            yield b"".join(parts)
+            return
+        yield b"".join(parts)
+        parts = []
+        page = await _read_page(store, page.next, page.end)
+
+
+class _Listings:
+    """The full listings being sent, so that at most ``limit`` are sent at once.
+
+    A listing counts from the moment its body is created until it is finished, closed, or
+    dropped unstarted (a client that left before the first chunk): a weak set sees all three
+    without cleanup code on each path.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._bodies: weakref.WeakSet[AsyncGenerator[bytes, None]] = weakref.WeakSet()
+
+    @property
+    def full(self) -> bool:
+        unfinished = [body for body in self._bodies if body.ag_frame is not None]  # type: ignore[attr-defined]
+        return len(unfinished) >= self._limit
+
+    def open(self, body: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
+        self._bodies.add(body)
+        return body
 
 
 class _RequestTracker:

@@ -6,7 +6,7 @@ responder answers with :func:`reply` and never blocks, whether or not the caller
 Mailboxes:
 
 - publisher inbox: :class:`PublishRequest`, answered with a :data:`PublishOutcome`.
-- store inbox: :data:`StoreCommand` (:class:`Put` or :class:`ListEvents`).
+- store inbox: :data:`StoreCommand` (:class:`Put` or :class:`ReadEvents`).
 """
 
 from __future__ import annotations
@@ -21,13 +21,14 @@ from actors.events import UserEvent
 
 __all__ = [
     "Duplicate",
-    "ListEvents",
+    "EventsPage",
     "PublishFailed",
     "PublishOutcome",
     "PublishRequest",
     "Published",
     "Put",
     "PutOutcome",
+    "ReadEvents",
     "StoreCommand",
     "Stored",
     "reply",
@@ -92,13 +93,39 @@ class Put:
 
 
 @attrs.frozen(kw_only=True)
-class ListEvents:
-    """Reply with every stored event, oldest first, each as canonical JSON bytes."""
+class EventsPage:
+    """A run of stored events, oldest first, each as canonical JSON bytes.
 
-    reply: trio.MemorySendChannel[tuple[bytes, ...]] = attrs.field(eq=False)
+    Positions number the events in the order they were stored and are never reused, so a
+    reader can page through the store while the consumer appends and the store evicts.
+    """
+
+    events: tuple[bytes, ...]
+    #: Where the next page starts.
+    next: int
+    #: The position after the newest event when the listing began: the listing ends there.
+    end: int
+
+    @property
+    def last(self) -> bool:
+        return self.next >= self.end
 
 
-StoreCommand = Put | ListEvents
+@attrs.frozen(kw_only=True)
+class ReadEvents:
+    """Reply with an :class:`EventsPage` of at most ``max_bytes`` (never fewer than one event).
+
+    ``start=None`` begins at the oldest event still held; ``end=None`` ends at the newest one
+    now. Events evicted since ``start`` was handed out are skipped.
+    """
+
+    start: int | None = None
+    end: int | None = None
+    max_bytes: int
+    reply: trio.MemorySendChannel[EventsPage] = attrs.field(eq=False)
+
+
+StoreCommand = Put | ReadEvents
 
 
 # --- request/reply helpers -------------------------------------------------------------------

@@ -301,6 +301,28 @@ SETTINGS: tuple[Setting, ...] = (
         _event_types,
         "Comma-separated eventType values the service accepts (a subset of the known ones).",
     ),
+    Setting(
+        "HTTP_MAX_LISTINGS",
+        "http_max_listings",
+        "4",
+        _integer(1, 1000),
+        "Full GET /events/processed listings sent at once; beyond it the request gets 503.",
+    ),
+    # Store.
+    Setting(
+        "STORE_MAX_EVENTS",
+        "store_max_events",
+        "100000",
+        _integer(1, 100_000_000),
+        "Most processed events kept in memory; beyond it the oldest are forgotten.",
+    ),
+    Setting(
+        "STORE_MAX_BYTES",
+        "store_max_bytes",
+        str(64 * 1024 * 1024),
+        _integer(1024 * 1024, 1024**4),
+        "Most bytes the stored events may take (JSON plus 180 B each); then the oldest go.",
+    ),
     # Lifecycle.
     Setting(
         "SHUTDOWN_TIMEOUT_MS",
@@ -383,6 +405,9 @@ class Settings:
     max_payload_depth: int
     max_payload_bytes: int
     event_types: frozenset[str]
+    http_max_listings: int
+    store_max_events: int
+    store_max_bytes: int
     shutdown_timeout_ms: int
     restart_backoff_ms: int
     restart_max_failures: int

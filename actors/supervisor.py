@@ -3,7 +3,7 @@
 Start-up goes from the bottom of the dependency chain to the top, and shutdown in exactly the
 reverse order, which nested nurseries express directly::
 
-    store            <- consumer (Put)            <- HTTP (ListEvents)
+    store            <- consumer (Put)            <- HTTP (ReadEvents)
     publisher        <- HTTP (PublishRequest)
 
     start:    store, [topic], consumer, publisher, HTTP
@@ -245,12 +245,21 @@ async def run_service(
             limits=limits,
             publish_timeout=settings.publish_timeout_ms / 1000,
             max_body_bytes=settings.max_body_bytes,
+            max_listings=settings.http_max_listings,
         ),
     )
     supervised = partial(supervise_actor, policy=policy, health=health)
 
     async with trio.open_nursery() as store_nursery:
-        await store_nursery.start(partial(run_store, inbox=store_receive, health=health))
+        await store_nursery.start(
+            partial(
+                run_store,
+                inbox=store_receive,
+                health=health,
+                max_events=settings.store_max_events,
+                max_bytes=settings.store_max_bytes,
+            )
+        )
         # NOTE: a stop while the broker is still unreachable ends start-up at once.
         async with move_on_when(stop.wait):
             await ensure_topics(settings, ports, publish_backoff)

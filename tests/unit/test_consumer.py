@@ -17,14 +17,14 @@ import pytest
 import trio
 import trio.testing
 from fakes import FakeConsumer, FakeProducer
+from store_support import list_all, store_actor
 
 from actors.backoff import Backoff, no_jitter
 from actors.consumer import run_consumer
 from actors.events import Limits, new_event
 from actors.health import ActorState, Health
-from actors.messages import ListEvents, Put, PutOutcome, StoreCommand
+from actors.messages import Put, PutOutcome, StoreCommand
 from actors.ports import KafkaFailure, KafkaFatalError, ProduceRejected, Record
-from actors.store import run_store
 
 TOPIC = "user-activity-events"
 DLQ_TOPIC = "user-activity-events.dlq"
@@ -88,17 +88,14 @@ async def running_consumer(
     """Run the real store and the consumer; leaving the block cancels both (the shutdown)."""
     store_send, store_receive = trio.open_memory_channel[StoreCommand](8)
     async with trio.open_nursery() as nursery:
-        await nursery.start(functools.partial(run_store, inbox=store_receive, health=health))
+        await nursery.start(store_actor(store_receive, health))
         await nursery.start(consumer_actor(consumer, store_send, health, dead_letters=dead_letters))
         yield store_send
         nursery.cancel_scope.cancel()
 
 
 async def stored_events(store: trio.MemorySendChannel[StoreCommand]) -> list[dict[str, Any]]:
-    send, receive = trio.open_memory_channel[tuple[bytes, ...]](1)
-    await store.send(ListEvents(reply=send))
-    with receive:
-        return [json.loads(encoded) for encoded in await receive.receive()]
+    return [json.loads(encoded) for encoded in await list_all(store)]
 
 
 async def wait_stored(consumer: FakeConsumer, count: int) -> None:
@@ -133,7 +130,7 @@ async def test_offsets_are_stored_in_order_after_the_store_confirmed(
     relay_send, relay_receive = trio.open_memory_channel[StoreCommand](0)
     store_send, store_receive = trio.open_memory_channel[StoreCommand](8)
     async with trio.open_nursery() as nursery:
-        await nursery.start(functools.partial(run_store, inbox=store_receive, health=health))
+        await nursery.start(store_actor(store_receive, health))
         nursery.start_soon(relay_store, relay_receive, store_send, journal)
         await nursery.start(consumer_actor(consumer, relay_send, health))
         await wait_stored(consumer, 3)
@@ -315,7 +312,7 @@ async def test_fatal_error_propagates_after_close(
         consumer.fail_next_consume(KafkaFatalError("_FENCED: instance fenced"))
 
     async with trio.open_nursery() as nursery:
-        await nursery.start(functools.partial(run_store, inbox=store_receive, health=health))
+        await nursery.start(store_actor(store_receive, health))
         nursery.start_soon(fail_after_first_record)
         with pytest.raises(KafkaFatalError, match="fenced"):
             await consumer_actor(consumer, store_send, health)()

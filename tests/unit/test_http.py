@@ -19,12 +19,13 @@ from actors.events import Limits, decode_event, new_event
 from actors.health import ActorState, Health
 from actors.http import STORE_QUERY_SECONDS, HttpOptions, create_app
 from actors.messages import (
-    ListEvents,
+    EventsPage,
     Published,
     PublishFailed,
     PublishOutcome,
     PublishRequest,
     Put,
+    ReadEvents,
     StoreCommand,
 )
 
@@ -73,12 +74,26 @@ async def fake_publisher(
             request.reply.send_nowait(outcome)
 
 
-async def fake_store(inbox: trio.MemoryReceiveChannel[StoreCommand], events: list[bytes]) -> None:
-    """Answer ListEvents with ``events`` as they are when asked."""
+#: Events per page of the fake store: small, so that listings span several chunks.
+FAKE_PAGE_EVENTS = 2
+
+
+async def fake_store(
+    inbox: trio.MemoryReceiveChannel[StoreCommand], events: list[bytes], pages: int | None
+) -> None:
+    """Answer ReadEvents from ``events`` (positions are list indexes), ``FAKE_PAGE_EVENTS`` at a
+    time; after ``pages`` answers (``None``: never) fall silent, as a stuck store would."""
+    answered = 0
     async for command in inbox:
         match command:
-            case ListEvents(reply=reply):
-                reply.send_nowait(tuple(events))
+            case ReadEvents(start=start, end=end, reply=reply):
+                if pages is not None and answered >= pages:
+                    continue
+                answered += 1
+                start = start or 0
+                end = len(events) if end is None else end
+                taken = events[start : min(end, start + FAKE_PAGE_EVENTS)]
+                reply.send_nowait(EventsPage(events=tuple(taken), next=start + len(taken), end=end))
             case Put():
                 raise AssertionError("the HTTP actor never writes to the store")
 
@@ -89,6 +104,7 @@ async def serving(
     answer: Answer | None = confirm,
     publish_buffer: int = 4,
     store_answers: bool = True,
+    store_pages: int | None = None,
     options: HttpOptions = OPTIONS,
 ) -> AsyncIterator[Service]:
     """Build the app on real channels; ``answer=None`` leaves the publisher inbox unread."""
@@ -111,7 +127,7 @@ async def serving(
         if answer is not None:
             nursery.start_soon(fake_publisher, publish_receive, answer, service.publish_requests)
         if store_answers:
-            nursery.start_soon(fake_store, store_receive, service.store_events)
+            nursery.start_soon(fake_store, store_receive, service.store_events, store_pages)
         yield service
         nursery.cancel_scope.cancel()
 
@@ -323,6 +339,47 @@ async def test_processed_events_503_when_store_does_not_answer(
     assert_error_body(body, "store_unavailable")
 
 
+async def test_processed_events_spanning_many_pages_is_one_array() -> None:
+    """A listing of more events than a page holds is still exactly one JSON array."""
+    events = [new_event(user_id=f"u{n}", event_type="LOGIN", payload={}) for n in range(7)]
+    async with serving() as service:
+        service.store_events.extend(event.to_json() for event in events)
+        response = await service.client.get("/events/processed")
+        text = await response.get_data(as_text=True)
+    assert response.status_code == 200
+    assert json.loads(text) == [event.to_dict() for event in events]
+
+
+async def test_listings_beyond_http_max_listings_get_503_until_one_ends(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """With max_listings=1, a second listing while the first is being sent is 503 with
+    Retry-After; once the first ends, listings are served again."""
+    options = attrs.evolve(OPTIONS, max_listings=1)
+    events = [new_event(user_id=f"u{n}", event_type="LOGIN", payload={}) for n in range(5)]
+    outcome: list[BaseException] = []
+
+    async def stuck_listing() -> None:
+        try:
+            await service.client.get("/events/processed")
+        except Exception as error:  # noqa: BLE001 - the cut-off listing's error is the point
+            outcome.append(error)
+
+    async with serving(options=options, store_pages=1) as service:
+        service.store_events.extend(event.to_json() for event in events)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stuck_listing)
+            await trio.sleep(1)  # the first page is out; the second is never answered
+            refused = await service.client.get("/events/processed")
+        body = await refused.get_json()
+    assert refused.status_code == 503
+    assert refused.headers["Retry-After"] == "1"
+    assert_error_body(body, "too_many_listings")
+    assert len(outcome) == 1, "the stuck listing was cut off when the store stopped answering"
+    async with serving(options=options) as service:
+        assert (await service.client.get("/events/processed")).status_code == 200
+
+
 # --- GET /health ------------------------------------------------------------------------------
 
 
@@ -330,6 +387,7 @@ async def test_health_200_when_all_running() -> None:
     """GET /health is 200 with status ok when every actor is RUNNING."""
     async with serving() as service:
         service.health.count("stored", 3)
+        service.health.gauge("store_events", 3)
         response = await service.client.get("/health")
         body = await response.get_json()
     assert response.status_code == 200
@@ -337,6 +395,7 @@ async def test_health_200_when_all_running() -> None:
         "status": "ok",
         "actors": {actor: {"state": "running"} for actor in ACTORS},
         "counters": {"stored": 3},
+        "gauges": {"store_events": 3},
     }
 
 
@@ -348,7 +407,7 @@ async def test_health_503_with_same_shape_when_one_is_degraded() -> None:
         response = await service.client.get("/health")
         body = await response.get_json()
     assert response.status_code == 503
-    assert set(body) == set(healthy) == {"status", "actors", "counters"}
+    assert set(body) == set(healthy) == {"status", "actors", "counters", "gauges"}
     assert set(body["actors"]) == set(healthy["actors"])
     assert body["status"] == "degraded"
     assert body["actors"]["consumer"] == {"state": "degraded", "detail": "broker unreachable"}

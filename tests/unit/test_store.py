@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import AsyncIterator
 
+import pytest
 import trio
 import trio.testing
+from store_support import UNBOUNDED, read_page, store_actor
 
 from actors.events import Limits, UserEvent, decode_event, new_event
 from actors.health import ActorState, Health
-from actors.messages import Duplicate, ListEvents, Put, PutOutcome, StoreCommand, Stored
-from actors.store import run_store
+from actors.messages import Duplicate, EventsPage, Put, PutOutcome, ReadEvents, StoreCommand, Stored
+from actors.store import EVENT_OVERHEAD_BYTES, ProcessedEvents, run_store
 
 
 def make_event(user_id: str = "u1", **payload: object) -> UserEvent:
@@ -20,11 +21,13 @@ def make_event(user_id: str = "u1", **payload: object) -> UserEvent:
 
 
 @contextlib.asynccontextmanager
-async def running_store(health: Health) -> AsyncIterator[trio.MemorySendChannel[StoreCommand]]:
+async def running_store(
+    health: Health, **bounds: int
+) -> AsyncIterator[trio.MemorySendChannel[StoreCommand]]:
     """Start the store in a nursery; leaving the block closes its inbox and waits for its end."""
     send, receive = trio.open_memory_channel[StoreCommand](8)
     async with trio.open_nursery() as nursery:
-        await nursery.start(functools.partial(run_store, inbox=receive, health=health))
+        await nursery.start(store_actor(receive, health, **bounds))
         async with send:
             yield send
 
@@ -37,10 +40,13 @@ async def put(inbox: trio.MemorySendChannel[StoreCommand], event: UserEvent) -> 
 
 
 async def list_events(inbox: trio.MemorySendChannel[StoreCommand]) -> tuple[bytes, ...]:
-    send, receive = trio.open_memory_channel[tuple[bytes, ...]](1)
-    await inbox.send(ListEvents(reply=send))
-    with receive, trio.fail_after(1):
-        return await receive.receive()
+    """Every stored event, paged through in small pages as the HTTP actor does."""
+    page = await read_page(inbox, max_bytes=200)
+    events = list(page.events)
+    while not page.last:
+        page = await read_page(inbox, page.next, page.end, max_bytes=200)
+        events += page.events
+    return tuple(events)
 
 
 async def test_reports_running_once_started() -> None:
@@ -86,6 +92,10 @@ async def test_outcomes_are_counted_in_health() -> None:
             await put(inbox, event)
     assert health.counters == {"stored": 2, "duplicates": 2}
     assert health.snapshot()["counters"] == {"duplicates": 2, "stored": 2}
+    assert health.snapshot()["gauges"] == {
+        "store_bytes": len(first.to_json()) + len(second.to_json()) + 2 * EVENT_OVERHEAD_BYTES,
+        "store_events": 2,
+    }
 
 
 async def test_listing_order_is_order_of_first_storage() -> None:
@@ -102,7 +112,7 @@ async def test_listing_order_is_order_of_first_storage() -> None:
 
 
 async def test_list_returns_canonical_bytes() -> None:
-    """ListEvents answers with each event's canonical to_json bytes."""
+    """ReadEvents answers with each event's canonical to_json bytes."""
     health = Health(("store",))
     event = make_event("ü", z=1, a=[1, {"b": None}])
     async with running_store(health) as inbox:
@@ -118,7 +128,7 @@ async def test_store_ends_when_inbox_closed_and_reports_stopped() -> None:
     health = Health(("store",))
     send, receive = trio.open_memory_channel[StoreCommand](1)
     async with trio.open_nursery() as nursery:
-        await nursery.start(functools.partial(run_store, inbox=receive, health=health))
+        await nursery.start(store_actor(receive, health))
         await send.aclose()
         with trio.fail_after(1):
             await health.state("store").wait_value(ActorState.STOPPED)
@@ -134,7 +144,7 @@ async def test_queued_commands_are_applied_before_stopping() -> None:
     async with send:
         send.send_nowait(Put(event=event, reply=replies))
         send.send_nowait(Put(event=event, reply=replies))
-    await run_store(inbox=receive, health=health)
+    await run_store(inbox=receive, health=health, **UNBOUNDED)
     assert [outcomes.receive_nowait(), outcomes.receive_nowait()] == [Stored(), Duplicate()]
     assert health.state("store").value is ActorState.STOPPED
 
@@ -145,11 +155,11 @@ async def test_reply_to_a_caller_that_stopped_listening_does_not_crash() -> None
     event = make_event()
     async with running_store(health) as inbox:
         gone_put, gone_put_receive = trio.open_memory_channel[PutOutcome](1)
-        gone_list, gone_list_receive = trio.open_memory_channel[tuple[bytes, ...]](1)
+        gone_list, gone_list_receive = trio.open_memory_channel[EventsPage](1)
         gone_put_receive.close()
         gone_list_receive.close()
         await inbox.send(Put(event=event, reply=gone_put))
-        await inbox.send(ListEvents(reply=gone_list))
+        await inbox.send(ReadEvents(max_bytes=100, reply=gone_list))
         await trio.testing.wait_all_tasks_blocked()
         assert health.state("store").value is ActorState.RUNNING
         assert await put(inbox, event) == Duplicate()
@@ -161,9 +171,109 @@ async def test_reply_to_a_full_or_closed_reply_channel_does_not_crash() -> None:
     health = Health(("store",))
     async with running_store(health) as inbox:
         full, full_receive = trio.open_memory_channel[PutOutcome](0)
-        closed, _closed_receive = trio.open_memory_channel[tuple[bytes, ...]](1)
+        closed, _closed_receive = trio.open_memory_channel[EventsPage](1)
         closed.close()
         await inbox.send(Put(event=make_event("a"), reply=full))
-        await inbox.send(ListEvents(reply=closed))
+        await inbox.send(ReadEvents(max_bytes=100, reply=closed))
         assert len(await list_events(inbox)) == 1
         full_receive.close()
+
+
+# --- bounds and eviction ---------------------------------------------------------------------
+
+
+def filled(count: int, **bounds: int) -> tuple[ProcessedEvents, list[UserEvent]]:
+    """A ProcessedEvents (unbounded unless told) after storing ``count`` new events."""
+    events = ProcessedEvents(**(UNBOUNDED | bounds))
+    stored = [make_event(f"user-{n}") for n in range(count)]
+    for event in stored:
+        assert events.put_if_absent(event.event_id, event.to_json()) == Stored()
+    return events, stored
+
+
+def held(events: ProcessedEvents) -> list[bytes]:
+    return list(events.read(None, None, 1024**3).events)
+
+
+def test_beyond_max_events_the_oldest_are_forgotten() -> None:
+    """With max_events=3, five puts keep the newest three and count two evictions."""
+    events, stored = filled(5, max_events=3)
+    assert held(events) == [event.to_json() for event in stored[2:]]
+    assert len(events) == 3
+    assert events.evicted == 2
+
+
+def test_beyond_max_bytes_the_oldest_are_forgotten() -> None:
+    """max_bytes counts JSON plus the per-event overhead; the oldest go until it fits."""
+    sample = make_event("user-0").to_json()
+    cost = len(sample) + EVENT_OVERHEAD_BYTES
+    events, stored = filled(10, max_bytes=cost * 4 + cost // 2)
+    assert held(events) == [event.to_json() for event in stored[6:]]
+    assert events.bytes == sum(len(e.to_json()) + EVENT_OVERHEAD_BYTES for e in stored[6:])
+    assert events.bytes <= cost * 4 + cost // 2
+
+
+def test_an_event_larger_than_max_bytes_is_still_kept_alone() -> None:
+    """The newest event is always held, even when it alone is beyond max_bytes."""
+    events, stored = filled(3, max_bytes=10)
+    assert held(events) == [stored[-1].to_json()]
+
+
+def test_idempotency_holds_for_held_events_and_not_for_evicted_ones() -> None:
+    """A held eventId is a Duplicate; an evicted one is forgotten and stored again as new."""
+    events, stored = filled(4, max_events=2)
+    newest, evicted = stored[-1], stored[0]
+    assert events.put_if_absent(newest.event_id, newest.to_json()) == Duplicate()
+    assert events.put_if_absent(evicted.event_id, evicted.to_json()) == Stored()
+    assert held(events) == [newest.to_json(), evicted.to_json()]
+
+
+def test_compaction_keeps_order_and_positions() -> None:
+    """After thousands of evictions (several compactions) paging still sees the newest events
+    in order, at positions that keep counting up."""
+    events, stored = filled(5000, max_events=700)
+    page = events.read(None, None, 1024**3)
+    assert page.events == tuple(event.to_json() for event in stored[-700:])
+    assert (page.next, page.end) == (5000, 5000)
+    assert events.read(4999, None, 1024**3).events == (stored[-1].to_json(),)
+
+
+def test_pages_are_bounded_by_bytes_but_hold_at_least_one_event() -> None:
+    """A page stops before max_bytes; a page smaller than one event still holds one."""
+    events, stored = filled(10)
+    size = len(stored[0].to_json())
+    page = events.read(None, None, size * 3 + 3)
+    assert page.events == tuple(event.to_json() for event in stored[:3])
+    assert (page.next, page.end) == (3, 10)
+    assert events.read(None, None, 1).events == (stored[0].to_json(),)
+
+
+def test_a_listing_ends_where_it_began_and_skips_what_was_evicted_meanwhile() -> None:
+    """Events stored after the first page are not part of the listing; events evicted while
+    it runs are skipped, and the rest follow in order."""
+    events, stored = filled(6, max_events=6)
+    first = events.read(None, None, 1)
+    assert first.events == (stored[0].to_json(),)
+    assert first.end == 6
+    later = [make_event(f"later-{n}") for n in range(3)]  # evicts stored[0:3]
+    for event in later:
+        events.put_if_absent(event.event_id, event.to_json())
+    rest = events.read(first.next, first.end, 1024**3)
+    assert rest.events == tuple(event.to_json() for event in stored[3:])
+    assert rest.last
+
+
+async def test_evictions_are_counted_logged_once_and_sizes_reported(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The store counts store_evicted, logs the first eviction once, and keeps its gauges."""
+    health = Health(("store",))
+    async with running_store(health, max_events=2) as inbox:
+        for n in range(5):
+            await put(inbox, make_event(f"user-{n}"))
+        listed = await list_events(inbox)
+    assert len(listed) == 2
+    assert health.counters["store_evicted"] == 3
+    assert health.gauges["store_events"] == 2
+    full = [r for r in caplog.records if r.getMessage().startswith("store full")]
+    assert len(full) == 1
