@@ -110,7 +110,7 @@ def openapi_document(options: HttpOptions) -> dict[str, Any]:
             },
             "/events/processed": {
                 "get": {
-                    "summary": "Every consumed event, in the order it was stored",
+                    "summary": "Every consumed event still held, in the order it was stored",
                     "responses": {
                         "200": {
                             "description": "The stored events",
@@ -123,7 +123,11 @@ def openapi_document(options: HttpOptions) -> dict[str, Any]:
                                 }
                             },
                         },
-                        "503": _error("The store did not answer in time", retry_after=True),
+                        "503": _error(
+                            "The store did not answer in time, or too many listings are being "
+                            "sent",
+                            retry_after=True,
+                        ),
                     },
                 }
             },
@@ -152,11 +156,12 @@ def openapi_document(options: HttpOptions) -> dict[str, Any]:
                 "Error": _error_schema(),
                 "Health": {
                     "type": "object",
-                    "required": ["status", "actors", "counters"],
+                    "required": ["status", "actors", "counters", "gauges"],
                     "properties": {
                         "status": {"type": "string", "enum": ["ok", "degraded"]},
                         "actors": {"type": "object"},
                         "counters": {"type": "object"},
+                        "gauges": {"type": "object"},
                     },
                 },
             }
