@@ -124,8 +124,7 @@ def openapi_document(options: HttpOptions) -> dict[str, Any]:
                             },
                         },
                         "503": _error(
-                            "The store did not answer in time, or too many listings are being "
-                            "sent",
+                            "The store did not answer in time, or too many listings are being sent",
                             retry_after=True,
                         ),
                     },
