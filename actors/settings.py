@@ -64,6 +64,15 @@ def _integer(minimum: int, maximum: int) -> Parser:
     return parse
 
 
+def _optional(parse: Parser) -> Parser:
+    """``parse``, except that an empty value is ``None`` (the setting is derived from others)."""
+
+    def parse_optional(raw: str) -> Any:
+        return parse(raw) if raw.strip() else None
+
+    return parse_optional
+
+
 def _choice(*allowed: str) -> Parser:
     def parse(raw: str) -> str:
         value = raw.strip().upper()
@@ -168,9 +177,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "KAFKA_HEARTBEAT_INTERVAL_MS",
         "heartbeat_interval_ms",
-        "3000",
-        _MS,
-        "Consumer heartbeat.interval.ms; at most a third of the session timeout.",
+        "",
+        _optional(_MS),
+        "Consumer heartbeat.interval.ms, at most a third of the session timeout; empty: "
+        "a third of it, up to 3000.",
     ),
     Setting(
         "KAFKA_FETCH_WAIT_MAX_MS",
@@ -431,9 +441,21 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         except ValueError as error:
             problem = "is not valid" if setting.variable in SECRET_VARIABLES else str(error)
             raise SettingsError(setting.variable, problem) from None
+    if values["heartbeat_interval_ms"] is None:
+        values["heartbeat_interval_ms"] = default_heartbeat_ms(values["session_timeout_ms"])
     settings = Settings(**values)
     _check_consistency(settings)
     return settings
+
+
+#: librdkafka's own heartbeat.interval.ms default.
+_LIBRDKAFKA_HEARTBEAT_MS = 3000
+
+
+def default_heartbeat_ms(session_timeout_ms: int) -> int:
+    """The heartbeat for a session timeout when none is set: librdkafka's 3 s, or less so that
+    it stays within the third of the session timeout that brokers expect (2000 for 6000)."""
+    return min(_LIBRDKAFKA_HEARTBEAT_MS, session_timeout_ms // 3)
 
 
 def _check_consistency(settings: Settings) -> None:

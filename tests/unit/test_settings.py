@@ -123,6 +123,25 @@ def test_unknown_event_type_message_lists_known_ones() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("session", "heartbeat"), [("45000", 3000), ("9000", 3000), ("6000", 2000), ("1000", 333)]
+)
+def test_heartbeat_not_set_is_derived_from_the_session_timeout(
+    session: str, heartbeat: int
+) -> None:
+    """Without KAFKA_HEARTBEAT_INTERVAL_MS, any valid session timeout alone is accepted and the
+    heartbeat is librdkafka's 3000 or a third of the session timeout, whichever is less."""
+    for environ in (
+        {"KAFKA_SESSION_TIMEOUT_MS": session},
+        {"KAFKA_SESSION_TIMEOUT_MS": session, "KAFKA_HEARTBEAT_INTERVAL_MS": " "},
+    ):
+        settings = load_settings(environ)
+        assert (settings.session_timeout_ms, settings.heartbeat_interval_ms) == (
+            int(session),
+            heartbeat,
+        )
+
+
 def test_heartbeat_above_a_third_of_session_is_rejected() -> None:
     """A heartbeat above a third of the session timeout is rejected; well below it passes."""
     error = error_for(KAFKA_SESSION_TIMEOUT_MS="30000", KAFKA_HEARTBEAT_INTERVAL_MS="10001")
