@@ -63,6 +63,8 @@ def openapi_document(options: HttpOptions) -> dict[str, Any]:
     }
     new_event = {
         "type": "object",
+        "description": "Other fields are accepted and dropped; an eventId or timestamp sent "
+        "here is replaced by the service's own.",
         "required": ["userId", "eventType"],
         "properties": {
             "userId": {"type": "string", "minLength": 1, "maxLength": limits.max_user_id_length},
@@ -97,9 +99,11 @@ def openapi_document(options: HttpOptions) -> dict[str, Any]:
                                 _JSON: {"schema": {"$ref": "#/components/schemas/UserEvent"}}
                             },
                         },
-                        "400": _error("The body is not a valid event"),
+                        "400": _error(
+                            "The body is not UTF-8 JSON, not an object, or not a valid event"
+                        ),
                         "413": _error(f"The body is larger than {options.max_body_bytes} bytes"),
-                        "415": _error("The body is not JSON"),
+                        "415": _error("The Content-Type is not application/json or +json"),
                         "500": _error("The broker refused the event for good"),
                         "503": _error(
                             "The broker is unavailable or the service is overloaded",
@@ -111,6 +115,8 @@ def openapi_document(options: HttpOptions) -> dict[str, Any]:
             "/events/processed": {
                 "get": {
                     "summary": "Every consumed event still held, in the order it was stored",
+                    "description": "The order holds per user (one user's events share a "
+                    "partition); events of different users may be listed out of posting order.",
                     "responses": {
                         "200": {
                             "description": "The stored events",

@@ -535,3 +535,32 @@ async def test_hostile_payload_is_400_not_500(payload: bytes) -> None:
         )
         assert service.publish_requests == []
     assert response.status_code == 400
+
+
+# --- what the documents promise ---------------------------------------------------------------
+
+
+async def test_unknown_fields_are_dropped_and_client_ids_replaced_as_documented() -> None:
+    """A POST with an unknown field and its own eventId/timestamp gets 201 with neither, and
+    the OpenAPI description of the body says exactly that."""
+    body = new_event_body(eventId="11111111-1111-4111-8111-111111111111", extra=1)
+    async with serving() as service:
+        created = await (await post_event(service, body)).get_json()
+        document = await (await service.client.get("/openapi.json")).get_json()
+    assert "extra" not in created
+    assert created["eventId"] != "11111111-1111-4111-8111-111111111111"
+    described = document["components"]["schemas"]["NewEvent"]["description"]
+    assert "dropped" in described
+    assert "replaced" in described
+
+
+async def test_415_is_about_the_content_type_and_400_about_the_body() -> None:
+    """A body that is not JSON, sent as application/json, is 400; valid JSON sent as text/plain
+    is 415: the two cases the API documents apart."""
+    async with serving() as service:
+        not_json = await post_event(service, b"not json")
+        wrong_type = await service.client.post(
+            "/events/generate", data=new_event_body(), headers={"Content-Type": "text/plain"}
+        )
+    assert not_json.status_code == 400
+    assert wrong_type.status_code == 415
