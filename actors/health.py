@@ -50,6 +50,10 @@ class Health:
         else:
             self._details.pop(actor, None)
 
+    def detail(self, actor: str) -> str:
+        """Why ``actor`` is not running ("" when it is, or when it gave no reason)."""
+        return self._details.get(actor, "")
+
     def count(self, counter: str, amount: int = 1) -> None:
         self.counters[counter] += amount
 

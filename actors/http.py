@@ -27,7 +27,7 @@ from trio_util import AsyncValue
 from werkzeug.exceptions import HTTPException, RequestTimeout
 
 from actors.events import InvalidRequest, Limits, UserEvent, event_from_request
-from actors.health import Health
+from actors.health import ActorState, Health
 from actors.logs import log_fields
 from actors.messages import (
     EventsPage,
@@ -112,6 +112,11 @@ def create_app(
             return error_response(
                 400, "invalid_request", "the event is not valid", problems=problems
             )
+        if health.state("publisher").value is ActorState.STARTING:
+            # Not yet connected (or never, with no broker): say so now rather than at the
+            # deadline. Requests queued meanwhile would only expire in the inbox.
+            reason = health.detail("publisher") or "the publisher is starting"
+            return error_response(503, "publish_unavailable", reason, headers=retry_after)
         outcome = await _publish(publish, event, options.publish_timeout)
         match outcome:
             case Published():

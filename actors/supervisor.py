@@ -6,7 +6,7 @@ reverse order, which nested nurseries express directly::
     store            <- consumer (Put)            <- HTTP (ReadEvents)
     publisher        <- HTTP (PublishRequest)
 
-    start:    store, [topic], consumer, publisher, HTTP
+    start:    store, HTTP (answering 503 until the rest runs), [topic], consumer, publisher
     shutdown: HTTP stops intake (hypercorn's trigger), in-flight requests finish
               -> publisher inbox closed: it drains, flushes, returns
               -> consumer cancelled: it commits what the store confirmed, leaves the group
@@ -190,7 +190,8 @@ async def run_service(
 ) -> None:
     """Run every actor until ``stop`` is set, then shut them down in order.
 
-    Reports the HTTP binds through ``task_status`` once all actors run.
+    Reports the HTTP binds through ``task_status`` as soon as HTTP listens, which is before the
+    broker is known to answer: until then ``/health`` and ``POST`` answer 503 with the reason.
 
     Raises:
         TooManyRestarts: an actor kept failing.
@@ -250,6 +251,10 @@ async def run_service(
     )
     supervised = partial(supervise_actor, policy=policy, health=health)
 
+    waiting = f"waiting for the broker at {settings.bootstrap_servers}"
+    for actor in ("consumer", "publisher"):
+        health.report(actor, ActorState.STARTING, waiting)
+
     async with trio.open_nursery() as store_nursery:
         await store_nursery.start(
             partial(
@@ -260,16 +265,8 @@ async def run_service(
                 max_bytes=settings.store_max_bytes,
             )
         )
-        # NOTE: a stop while the broker is still unreachable ends start-up at once.
-        async with move_on_when(stop.wait):
-            await ensure_topics(settings, ports, publish_backoff)
-        if stop.is_set():
-            store_send.close()
-            return
         async with trio.open_nursery() as consumer_nursery:
-            await consumer_nursery.start(supervised, "consumer", consumer)
             async with trio.open_nursery() as publisher_nursery:
-                await publisher_nursery.start(supervised, "publisher", publisher)
                 async with trio.open_nursery() as http_nursery:
                     binds = await http_nursery.start(
                         partial(
@@ -285,8 +282,16 @@ async def run_service(
                         )
                     )
                     health.report("http", ActorState.RUNNING)
-                    log_fields(log, logging.INFO, "service started", binds=binds)
+                    log_fields(log, logging.INFO, "http started", binds=binds)
                     task_status.started(binds)
+                    # NOTE: HTTP answers (503 naming the broker) while the broker is awaited,
+                    # and a stop during the wait ends start-up at once.
+                    async with move_on_when(stop.wait):
+                        await ensure_topics(settings, ports, publish_backoff)
+                    if not stop.is_set():
+                        await consumer_nursery.start(supervised, "consumer", consumer)
+                        await publisher_nursery.start(supervised, "publisher", publisher)
+                        log_fields(log, logging.INFO, "service started", binds=binds)
                 health.report("http", ActorState.STOPPED)
                 log_fields(log, logging.INFO, "shutdown: http stopped; draining publisher")
                 publish_send.close()

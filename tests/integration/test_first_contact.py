@@ -3,11 +3,15 @@ exactly as the README shows."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
 import sys
+import time
 
-from actors.local_broker import free_port
+import httpx
+
+from actors.local_broker import free_port, start_local_broker
 
 from .conftest import REPO_ROOT, Spawn, wait_until
 
@@ -47,3 +51,42 @@ def test_local_broker_is_named_in_one_plain_line_and_readable_from_the_host(
 
     output = wait_until(read_topic, 20, what="the README's snippet to print the event")
     assert re.search(r"^\d+ \d+ b'first-contact' \{.*\}$", output, re.MULTILINE), output
+
+
+def test_http_is_up_at_once_without_a_broker_and_all_works_once_one_answers(
+    process_control: Spawn,
+) -> None:
+    """With nothing on the broker's port, HTTP answers within a second: /health 503 naming the
+    broker, POST 503 with Retry-After, the listing 200 and empty. When a broker starts on that
+    port, the service becomes healthy and publishes without being restarted."""
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    started = time.monotonic()
+    app = process_control(bootstrap_servers=address, wait_healthy=False)
+
+    def answering() -> httpx.Response | None:
+        with contextlib.suppress(httpx.TransportError):
+            return app.http.get("/health", timeout=0.5)
+        return None
+
+    health = wait_until(answering, 10, what="any answer on HTTP", interval=0.02)
+    up_after = time.monotonic() - started
+    print(f"HTTP answered {up_after:.2f} s after spawn, with no broker")
+    assert up_after < 1.5  # the process' own interpreter start-up included
+    assert health.status_code == 503
+    waiting = f"waiting for the broker at {address}"
+    assert health.json()["actors"]["publisher"]["detail"] == waiting
+    post = app.http.post("/events/generate", json={"userId": "u1", "eventType": "LOGIN"})
+    assert post.status_code == 503
+    assert int(post.headers["Retry-After"]) >= 1
+    assert post.json()["message"] == waiting
+    assert app.processed() == []
+
+    broker = start_local_broker(port)
+    try:
+        app.wait_healthy()
+        created = app.post_event(user_id="late-broker")
+        app.wait_processed({created["eventId"]})
+        assert app.terminate() == 0
+    finally:
+        broker.stop()

@@ -211,16 +211,23 @@ async def wait_until_healthy(health: Health) -> None:
 
 
 async def http_get(
-    clock: trio.testing.MockClock, bind: str, path: str
-) -> tuple[int, dict[str, Any]]:
-    """One real HTTP/1.1 GET, with virtual time frozen while the bytes travel."""
+    clock: trio.testing.MockClock, bind: str, path: str, *, post: bytes | None = None
+) -> tuple[int, Any]:
+    """One real HTTP/1.1 GET (or POST of a JSON body), with virtual time frozen while the
+    bytes travel."""
     match = re.fullmatch(r"http://([\d.]+):(\d+)", bind)
     assert match is not None
     clock.autojump_threshold = math.inf
+    if post is None:
+        request = f"GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n".encode()
+    else:
+        request = (
+            f"POST {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(post)}\r\n\r\n"
+        ).encode() + post
     try:
         async with await trio.open_tcp_stream(match[1], int(match[2])) as stream:
-            request = f"GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-            await stream.send_all(request.encode())
+            await stream.send_all(request)
             response = b""
             # Read by Content-Length: hypercorn may keep the socket open after the response.
             while not _complete(response):
@@ -231,6 +238,8 @@ async def http_get(
         clock.autojump_threshold = 0
     head, _, body = response.partition(b"\r\n\r\n")
     status = int(head.split()[1])
+    if re.search(rb"(?im)^transfer-encoding:\s*chunked\s*$", head):
+        body = _dechunk(body)
     return status, json.loads(body)
 
 
@@ -238,9 +247,23 @@ def _complete(response: bytes) -> bool:
     head, separator, body = response.partition(b"\r\n\r\n")
     if not separator:
         return False
+    if re.search(rb"(?im)^transfer-encoding:\s*chunked\s*$", head):
+        return body.endswith(b"0\r\n\r\n")
     length = re.search(rb"(?im)^content-length:\s*(\d+)\s*$", head)
     assert length is not None, head
     return len(body) >= int(length[1])
+
+
+def _dechunk(body: bytes) -> bytes:
+    """The payload of a chunked body (a streamed listing)."""
+    data = b""
+    while True:
+        size_line, _, rest = body.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            return data
+        data += rest[:size]
+        body = rest[size + 2 :]
 
 
 async def start_service(
@@ -376,6 +399,35 @@ async def test_publisher_crash_restarts_it_and_http_keeps_serving(
         "publisher stopped",
     ]
     assert replacement.flushes  # the new publisher drained on shutdown
+
+
+async def test_http_answers_while_the_broker_is_missing_and_all_recovers_by_itself(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """With no broker, HTTP is up at once: /health 503 naming the broker, POST 503 with
+    Retry-After, the listing 200 and empty. Once the broker answers, all runs by itself."""
+    health = RecordingHealth(ACTORS)
+    stop = trio.Event()
+    topics = FakeTopics(failures=10)
+    settings = service_settings(KAFKA_BOOTSTRAP_SERVERS="kafka.invalid:9092")
+    async with trio.open_nursery() as nursery:
+        [bind] = await start_service(nursery, settings, fake_ports(topics=topics), health, stop)
+        assert trio.current_time() == 0
+        assert health.state("http").value is ActorState.RUNNING
+        status, body = await http_get(autojump_clock, bind, "/health")
+        assert status == 503
+        waiting = "waiting for the broker at kafka.invalid:9092"
+        assert body["actors"]["publisher"] == {"state": "starting", "detail": waiting}
+        assert body["actors"]["consumer"] == {"state": "starting", "detail": waiting}
+        event = b'{"userId": "u1", "eventType": "LOGIN"}'
+        status, body = await http_get(autojump_clock, bind, "/events/generate", post=event)
+        assert (status, body["message"]) == (503, waiting)
+        assert await http_get(autojump_clock, bind, "/events/processed") == (200, [])
+        await wait_until_healthy(health)
+        assert topics.calls.value == 11
+        status, _ = await http_get(autojump_clock, bind, "/events/generate", post=event)
+        assert status == 201
+        stop.set()
 
 
 async def test_stop_while_waiting_for_the_broker_returns_promptly(
