@@ -31,6 +31,7 @@ from actors.ports import (
     ProducerPort,
     Record,
 )
+from actors.replacement import ReplacingProducer
 
 __all__ = ["CONSUME_TIMEOUT", "run_consumer"]
 
@@ -121,13 +122,29 @@ class _DeadLetters:
     """Copies malformed records to the dead-letter topic and waits for the broker's ack.
 
     A record's offset is stored only after this returns, so a poison message is never lost:
-    while the dead-letter topic cannot be written, consumption waits and retries.
+    while the dead-letter topic cannot be written, consumption waits and retries. A producer
+    that can no longer deliver is replaced (see :class:`~actors.replacement.ReplacingProducer`);
+    its failures come back retriable, so the record is retried whole on the new one rather than
+    written without its value or skipped.
     """
 
     def __init__(
-        self, *, producer: ProducerPort, topic: str, backoff: Backoff, health: Health
+        self,
+        *,
+        open_producer: Callable[[], ProducerPort],
+        topic: str,
+        backoff: Backoff,
+        replace_producer_after: float,
+        health: Health,
     ) -> None:
-        self._producer = producer
+        self._producer = ReplacingProducer(
+            open_producer,
+            name="dead letters",
+            replace_after=replace_producer_after,
+            backoff=backoff,
+            health=health,
+            counter="dead_letter_producer_replacements",
+        )
         self._topic = topic
         self._backoff = backoff
         self._health = health
@@ -176,10 +193,16 @@ class _DeadLetters:
             )
             # Consumption waits here (the poison record's offset must not advance); the next
             # batch reports the state again once the write went through.
-            self._health.report(ACTOR, ActorState.DEGRADED, "dead-letter topic not writable")
+            self._health.report(ACTOR, ActorState.DEGRADED, self._unwritable_because())
             await trio.sleep(delay)
             attempt += 1
         return True
+
+    def _unwritable_because(self) -> str:
+        replaced = self._producer.replaced_because
+        if replaced is not None:
+            return f"dead-letter producer replaced ({replaced})"
+        return "dead-letter topic not writable"
 
     @staticmethod
     def _log_failure(
@@ -230,12 +253,14 @@ async def run_consumer(
     limits: Limits,
     batch_size: int,
     backoff: Backoff,
+    replace_producer_after: float,
     health: Health,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Consume until cancelled; then commit what the store confirmed and leave the group.
 
-    ``store`` belongs to the supervisor; this actor only sends on it.
+    ``store`` belongs to the supervisor; this actor only sends on it. The dead-letter producer
+    is replaced like the publisher's (``replace_producer_after``, ``backoff``).
 
     Cancellation: the normal way to stop this actor. The record being handled when the cancel
     arrives is not marked processed, so it is read again after a restart. The final commit and
@@ -245,7 +270,11 @@ async def run_consumer(
     if dlq_topic is not None and open_dead_letter_producer is not None:
         # Opened first: a producer that cannot be created must not leave a consumer behind.
         dead_letters = _DeadLetters(
-            producer=open_dead_letter_producer(), topic=dlq_topic, backoff=backoff, health=health
+            open_producer=open_dead_letter_producer,
+            topic=dlq_topic,
+            backoff=backoff,
+            replace_producer_after=replace_producer_after,
+            health=health,
         )
     consumer = open_consumer()
     actor = _Consumer(

@@ -71,6 +71,10 @@ _TRANSIENT = frozenset(
         KafkaError.NOT_ENOUGH_REPLICAS,
         KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND,
         KafkaError.UNKNOWN_TOPIC_OR_PART,
+        # Only our own purge of a producer being replaced makes these: the message was dropped
+        # on our side, not refused, and a new producer may well deliver it.
+        KafkaError._PURGE_QUEUE,
+        KafkaError._PURGE_INFLIGHT,
     }
 )
 
@@ -248,6 +252,20 @@ class KafkaProducer:
             if remaining == 0:
                 break
         return remaining
+
+    async def discard(self, timeout: float) -> None:
+        """Purge queued and in-flight messages, serve their reports, then close the client.
+
+        ``close()`` joins librdkafka's threads in the worker thread, not on trio's thread (as
+        the garbage collector would); after the purge it has nothing left to flush and returns
+        at once, even while the broker does not answer.
+
+        Cancellation: the caller bounds and shields this call; if the bound expires during
+        ``close()`` the worker thread is abandoned (no other call may follow anyway).
+        """
+        await self._bridge.call(self._producer.purge)
+        await self.flush(timeout)
+        await self._bridge.call(self._producer.close, abandon_on_cancel=True)
 
 
 # --- consumer --------------------------------------------------------------------------------

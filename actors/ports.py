@@ -109,6 +109,14 @@ class ProducerPort(Protocol):
         """Wait up to ``timeout`` seconds for queued messages; return how many are left."""
         ...
 
+    async def discard(self, timeout: float) -> None:
+        """Drop every message still queued or in flight, then release the client.
+
+        Each dropped message gets a retriable failure report, handed to its callback within
+        this call (waiting at most ``timeout`` seconds for them). The last call on the port.
+        """
+        ...
+
 
 class ConsumerPort(Protocol):
     """A subscribed Kafka consumer whose blocking calls are awaitable.

@@ -8,6 +8,13 @@ lets the HTTP actor promise that every ``201`` is on the topic.
 Two tasks share the producer: *intake* (``produce`` never blocks; a full local queue makes it
 wait, which in turn fills the inbox, which the HTTP actor turns into ``503``) and the *pump*
 (``poll`` in the worker thread, then settle the reports it collected).
+
+The producer is a :class:`~actors.replacement.ReplacingProducer`: a client that can no longer
+deliver (fenced after a broker stall, a lost producer id, a fatal error, or every delivery failing
+for ``replace_producer_after`` seconds) is replaced inside this actor, and the requests caught in
+it are retried on the new one or answered retriable (503). A supervisor restart would do the
+same job worse: it drops the retries in progress and counts against ``RESTART_MAX_FAILURES``,
+which a long outage could exhaust, ending the service (and the in-memory store with it).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from actors.health import ActorState, Health
 from actors.logs import log_fields
 from actors.messages import Published, PublishFailed, PublishOutcome, PublishRequest, reply
 from actors.ports import DeliveryReport, KafkaFailure, Placed, ProduceRejected, ProducerPort
+from actors.replacement import ReplacingProducer
 
 __all__ = ["PUMP_INTERVAL", "run_publisher"]
 
@@ -49,7 +57,7 @@ class _Publisher:
     """The actor's state: the producer, reports waiting to be settled, work in progress."""
 
     def __init__(
-        self, *, producer: ProducerPort, topic: str, backoff: Backoff, health: Health
+        self, *, producer: ReplacingProducer, topic: str, backoff: Backoff, health: Health
     ) -> None:
         self._producer = producer
         self._topic = topic
@@ -173,7 +181,10 @@ class _Publisher:
         self._unresolved.value -= 1
 
     def _report_health(self) -> None:
-        if self._producer.connected is False:
+        if self._producer.replaced_because is not None:
+            detail = f"producer replaced ({self._producer.replaced_because})"
+            self._health.report(ACTOR, ActorState.DEGRADED, detail)
+        elif self._producer.connected is False:
             self._health.report(ACTOR, ActorState.DEGRADED, "broker unreachable")
         else:
             self._health.report(ACTOR, ActorState.RUNNING)
@@ -188,10 +199,15 @@ async def run_publisher(
     open_producer: Callable[[], ProducerPort],
     topic: str,
     backoff: Backoff,
+    replace_producer_after: float,
     health: Health,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Publish requests from ``inbox`` until it is closed, then finish what was accepted.
+
+    ``open_producer`` is called at start and again whenever the client has to be replaced
+    (see :class:`~actors.replacement.ReplacingProducer`; ``replace_producer_after`` seconds of
+    nothing but failed deliveries is one reason); ``backoff`` paces retries and replacements.
 
     The supervisor owns ``inbox`` (so a restarted publisher carries on with the same one);
     this actor never closes it.
@@ -199,7 +215,14 @@ async def run_publisher(
     Cancellation: whatever the producer still holds gets :data:`EXIT_FLUSH_SECONDS` to be
     flushed (shielded). Requests left unanswered time out at their caller.
     """
-    producer = open_producer()
+    producer = ReplacingProducer(
+        open_producer,
+        name=ACTOR,
+        replace_after=replace_producer_after,
+        backoff=backoff,
+        health=health,
+        counter="producer_replacements",
+    )
     publisher = _Publisher(producer=producer, topic=topic, backoff=backoff, health=health)
     try:
         async with trio.open_nursery() as nursery:

@@ -239,6 +239,13 @@ SETTINGS: tuple[Setting, ...] = (
         _MS,
         "Upper bound of the publish retry delay.",
     ),
+    Setting(
+        "PRODUCER_REPLACE_AFTER_MS",
+        "producer_replace_after_ms",
+        "30000",
+        _MS,
+        "Replace a Kafka producer whose every delivery failed for this long (fenced: at once).",
+    ),
     # Kafka security.
     Setting(
         "KAFKA_SECURITY_PROTOCOL",
@@ -403,6 +410,7 @@ class Settings:
     publish_timeout_ms: int
     publish_retry_backoff_ms: int
     publish_retry_backoff_max_ms: int
+    producer_replace_after_ms: int
     security_protocol: str
     sasl_mechanism: str | None
     sasl_username: str | None

@@ -228,6 +228,7 @@ async def run_service(
         limits=limits,
         batch_size=settings.consumer_batch_size,
         backoff=publish_backoff,
+        replace_producer_after=settings.producer_replace_after_ms / 1000,
         health=health,
     )
     publisher = partial(
@@ -236,6 +237,7 @@ async def run_service(
         open_producer=ports.open_producer,
         topic=settings.topic,
         backoff=publish_backoff,
+        replace_producer_after=settings.producer_replace_after_ms / 1000,
         health=health,
     )
     app = create_app(

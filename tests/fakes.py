@@ -35,6 +35,8 @@ from actors.supervisor import KafkaPorts
 T = TypeVar("T")
 
 __all__ = [
+    "FENCED",
+    "PURGED",
     "FakeConsumer",
     "FakeProducer",
     "FakeTopics",
@@ -42,6 +44,7 @@ __all__ = [
     "RecordingHealth",
     "StoredOffset",
     "fake_ports",
+    "opener",
 ]
 
 
@@ -66,6 +69,17 @@ class StoredOffset:
     at: float
 
 
+#: What librdkafka reports for every message of an idempotent producer that outlived a stall.
+FENCED = KafkaFailure(
+    code="PRODUCER_FENCED",
+    reason="Broker: There is a newer producer with the same transactionalId which fences the "
+    "current one",
+)
+
+#: What librdkafka reports for a message dropped by ``purge()`` (the adapter makes it retriable).
+PURGED = KafkaFailure(code="_PURGE_QUEUE", reason="Local: Purged in queue", retriable=True)
+
+
 @attrs.define
 class _Pending:
     ready_at: float
@@ -84,7 +98,8 @@ class FakeProducer:
 
     Scripting: :meth:`refuse` (``produce`` raises ``BufferError`` or ``ProduceRejected``),
     ``queue_capacity`` (``BufferError`` while that many reports are undelivered),
-    :meth:`fail_deliveries`, :meth:`crash_next_poll`; ``connected`` is a plain attribute.
+    :meth:`fail_deliveries`, :meth:`fence`, :meth:`crash_next_poll`; ``connected`` is a plain
+    attribute. :meth:`discard` is the last call: any call after it fails the test.
     """
 
     def __init__(
@@ -106,6 +121,8 @@ class FakeProducer:
         self.attempts: list[float] = []
         #: Virtual time of every ``flush`` call.
         self.flushes: list[float] = []
+        #: Virtual time of the ``discard`` call, once it came.
+        self.discarded_at: float | None = None
         #: How many reports were handed to callbacks so far.
         self.delivered = AsyncValue(0)
         self._journal = journal if journal is not None else []
@@ -114,6 +131,7 @@ class FakeProducer:
         self._refusals: collections.deque[Exception] = collections.deque()
         self._failures: collections.deque[KafkaFailure] = collections.deque()
         self._poll_errors: collections.deque[Exception] = collections.deque()
+        self._fenced = False
         self._pending: collections.deque[_Pending] = collections.deque()
         self._produced_one = trio.Event()
 
@@ -127,6 +145,11 @@ class FakeProducer:
     def fail_deliveries(self, failure: KafkaFailure, times: int = 1) -> None:
         """Report ``failure`` instead of a placement for the next ``times`` accepted messages."""
         self._failures.extend([failure] * times)
+
+    def fence(self) -> None:
+        """From now on fail every accepted message with ``PRODUCER_FENCED``, as librdkafka does
+        for good once an idempotent producer outlived a broker stall with a batch in flight."""
+        self._fenced = True
 
     def crash_next_poll(self, error: Exception) -> None:
         """Make the next ``poll`` raise ``error`` (as the adapter raises KafkaFatalError)."""
@@ -148,6 +171,7 @@ class FakeProducer:
         headers: Headers = (),
         on_delivery: Callable[[DeliveryReport], None],
     ) -> None:
+        self._check_open("produce")
         now = trio.current_time()
         self.attempts.append(now)
         if self._refusals:
@@ -155,7 +179,9 @@ class FakeProducer:
         if self.queue_capacity is not None and len(self._pending) >= self.queue_capacity:
             raise BufferError("Local: Queue full")
         report: DeliveryReport
-        if self._failures:
+        if self._fenced:
+            report = FENCED
+        elif self._failures:
             report = self._failures.popleft()
         else:
             report = Placed(partition=self.partition, offset=self._next_offset)
@@ -168,6 +194,7 @@ class FakeProducer:
         self._produced_one.set()
 
     async def poll(self, timeout: float) -> None:
+        self._check_open("poll")
         await trio.lowlevel.checkpoint_if_cancelled()
         if self._poll_errors:
             raise self._poll_errors.popleft()
@@ -184,6 +211,7 @@ class FakeProducer:
         await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def flush(self, timeout: float) -> int:
+        self._check_open("flush")
         await trio.lowlevel.checkpoint_if_cancelled()
         self.flushes.append(trio.current_time())
         self._journal.append(f"{self._name}.flush")
@@ -195,6 +223,22 @@ class FakeProducer:
             await trio.sleep_until(min(deadline, self._pending[0].ready_at))
         await trio.lowlevel.cancel_shielded_checkpoint()
         return len(self._pending)
+
+    async def discard(self, timeout: float) -> None:
+        """Report every undelivered message as purged (retriable), at once; then refuse all."""
+        self._check_open("discard")
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self.discarded_at = trio.current_time()
+        self._journal.append(f"{self._name}.discard")
+        for pending in self._pending:
+            pending.report = PURGED
+            pending.ready_at = self.discarded_at
+        self._serve_ready()
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def _check_open(self, call: str) -> None:
+        if self.discarded_at is not None:
+            raise AssertionError(f"{self._name}.{call}() after discard()")
 
     def _serve_ready(self) -> bool:
         """Call back every report that is due; ``True`` if there was one."""
@@ -343,7 +387,9 @@ class FakeTopics:
         return True
 
 
-def _opener(clients: Sequence[T] | Callable[[], T], kind: str) -> Callable[[], T]:
+def opener(clients: Sequence[T] | Callable[[], T], kind: str) -> Callable[[], T]:
+    """A factory handing out ``clients`` one per call, in order (running out fails the test);
+    a factory given instead is returned as it is."""
     if callable(clients):
         return clients
     queue = collections.deque(clients)
@@ -368,8 +414,8 @@ def fake_ports(
     in order (a restarted actor opens the next one; running out fails the test).
     """
     return KafkaPorts(
-        open_producer=_opener(producers, "producer"),
-        open_consumer=_opener(consumers, "consumer"),
+        open_producer=opener(producers, "producer"),
+        open_consumer=opener(consumers, "consumer"),
         create_topic=(topics or FakeTopics()).create_topic,
     )
 

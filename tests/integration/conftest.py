@@ -709,6 +709,7 @@ def process_control(service: Services) -> Spawn:
 
 from confluent_kafka import ConsumerGroupTopicPartitions  # noqa: E402
 
+from .brokers import BROKER_KINDS, StallableBroker, start_stallable  # noqa: E402
 from .proxy import TcpProxy  # noqa: E402
 
 
@@ -754,6 +755,42 @@ def proxied_broker(service: Services, tmp_path: Path) -> Iterator[ProxiedBroker]
                 tools.close()
     finally:
         local.stop()
+
+
+@attrs.frozen
+class OwnBroker:
+    """A broker process of this test's own (so it may be paused) and a client set on it."""
+
+    broker: StallableBroker
+    kafka: KafkaTools
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return self.broker.bootstrap_servers
+
+
+@pytest.fixture(params=sorted(BROKER_KINDS))
+def stallable_broker(
+    request: pytest.FixtureRequest, service: Services, tmp_path: Path
+) -> Iterator[OwnBroker]:
+    """A fresh broker of each kind in ``BROKER_KINDS`` that the test may pause and resume; the
+    services this test spawned are stopped before it (with the broker running again)."""
+    if service.external:
+        pytest.skip("pauses the service's broker; APP_URL is external")
+    broker = start_stallable(request.param, log_dir=tmp_path)
+    try:
+        _wait_for_broker(broker.bootstrap_servers)
+        if not broker.alive():
+            pytest.fail(f"the {broker.kind} broker exited (code {broker.process.returncode})")
+        tools = KafkaTools(broker.bootstrap_servers)
+        try:
+            yield OwnBroker(broker, tools)
+        finally:
+            broker.resume()
+            service.close()
+            tools.close()
+    finally:
+        broker.stop()
 
 
 def spawn_module(

@@ -10,13 +10,13 @@ import contextlib
 import functools
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
-from fakes import FakeConsumer, FakeProducer
+from fakes import FENCED, FakeConsumer, FakeProducer, RecordingHealth, opener
 from store_support import list_all, store_actor
 
 from actors.backoff import Backoff, no_jitter
@@ -30,6 +30,8 @@ TOPIC = "user-activity-events"
 DLQ_TOPIC = "user-activity-events.dlq"
 BACKOFF = Backoff(initial=0.1, maximum=2.0, jitter=no_jitter)
 BATCH_SIZE = 2
+#: Seconds of failing dead-letter deliveries after which the producer is replaced.
+REPLACE_AFTER = 5.0
 
 
 def approx(value: object) -> object:
@@ -66,24 +68,32 @@ def consumer_actor(
     store: trio.MemorySendChannel[StoreCommand],
     health: Health,
     *,
-    dead_letters: FakeProducer | None = None,
+    dead_letters: FakeProducer | Sequence[FakeProducer] | None = None,
 ) -> Callable[..., Awaitable[None]]:
+    """The consumer actor; ``dead_letters`` is the DLQ producer, or the producers it opens in
+    turn (the first, then each replacement)."""
+    if isinstance(dead_letters, FakeProducer):
+        dead_letters = [dead_letters]
     return functools.partial(
         run_consumer,
         open_consumer=lambda: consumer,
-        open_dead_letter_producer=None if dead_letters is None else (lambda: dead_letters),
+        open_dead_letter_producer=None if dead_letters is None else opener(dead_letters, "DLQ"),
         dlq_topic=None if dead_letters is None else DLQ_TOPIC,
         store=store,
         limits=Limits(),
         batch_size=BATCH_SIZE,
         backoff=BACKOFF,
+        replace_producer_after=REPLACE_AFTER,
         health=health,
     )
 
 
 @contextlib.asynccontextmanager
 async def running_consumer(
-    consumer: FakeConsumer, health: Health, *, dead_letters: FakeProducer | None = None
+    consumer: FakeConsumer,
+    health: Health,
+    *,
+    dead_letters: FakeProducer | Sequence[FakeProducer] | None = None,
 ) -> AsyncIterator[trio.MemorySendChannel[StoreCommand]]:
     """Run the real store and the consumer; leaving the block cancels both (the shutdown)."""
     store_send, store_receive = trio.open_memory_channel[StoreCommand](8)
@@ -371,6 +381,7 @@ async def test_consumer_is_closed_when_the_dead_letter_producer_cannot_be_opened
             limits=Limits(),
             batch_size=BATCH_SIZE,
             backoff=BACKOFF,
+            replace_producer_after=REPLACE_AFTER,
             health=make_health(),
         )
     assert len(consumer.closes) == len(opened)
@@ -418,3 +429,48 @@ async def test_record_the_dead_letter_topic_refuses_for_good_is_skipped(
     assert health.counters["dead_letter_refused"] == 1
     assert health.counters["dead_lettered"] == 0
     assert health.counters["malformed"] == 1
+
+
+# --- a dead-letter producer that can no longer deliver is replaced ---------------------------
+
+
+async def test_fenced_dead_letter_producer_is_replaced_and_the_record_written_whole(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """PRODUCER_FENCED on the DLQ: a new producer writes the record with its value; none lost."""
+    health = RecordingHealth(["store", "consumer"])
+    fenced, fresh = FakeProducer(name="old"), FakeProducer(name="new")
+    fenced.fence()
+    consumer = FakeConsumer([record(0, b"not json"), record(1, event_json("u2"))])
+    async with running_consumer(consumer, health, dead_letters=[fenced, fresh]):
+        await wait_stored(consumer, 2)
+
+    assert fenced.discarded_at == 0.0
+    [message] = fresh.produced
+    assert message.at == approx(0.1)  # one backoff delay after the fenced report
+    assert message.value == b"not json"
+    assert ("dlq.source.offset", b"0") in message.headers
+    assert [stored.offset for stored in consumer.stored] == [0, 1]
+    assert health.counters["dead_letter_producer_replacements"] == 1
+    assert health.counters["dead_lettered"] == 1
+    assert health.counters["dead_letter_refused"] == 0
+    degraded = [detail for actor, state, detail, _ in health.reports if state.value == "degraded"]
+    assert degraded == [f"dead-letter producer replaced ({FENCED.code}: {FENCED.reason})"]
+
+
+async def test_dead_letter_deliveries_failing_for_the_window_replace_the_producer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """DLQ failures from 1.0 s on: the one at 6.5 s condemns the producer; the next try works."""
+    health = make_health()
+    failing, fresh = FakeProducer(delivery_latency=1.0), FakeProducer()
+    failing.fail_deliveries(KafkaFailure(code="_MSG_TIMED_OUT", reason="x", retriable=True), 100)
+    consumer = FakeConsumer([record(0, b"not json")])
+    async with running_consumer(consumer, health, dead_letters=[failing, fresh]):
+        await wait_stored(consumer, 1)
+
+    assert failing.attempts == approx([0.0, 1.1, 2.3, 3.7, 5.5])
+    assert failing.discarded_at == approx(6.5)
+    assert [message.at for message in fresh.produced] == approx([8.1])
+    assert [stored.at for stored in consumer.stored] == approx([8.1])
+    assert health.counters["dead_letter_producer_replacements"] == 1

@@ -8,24 +8,26 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import pytest
 import trio
 import trio.testing
-from fakes import FakeProducer
+from fakes import FENCED, FakeProducer, RecordingHealth, opener
 
 from actors.backoff import Backoff, no_jitter
 from actors.events import UserEvent, new_event
 from actors.health import ActorState, Health
 from actors.messages import Published, PublishFailed, PublishOutcome, PublishRequest
-from actors.ports import KafkaFailure, ProduceRejected
+from actors.ports import KafkaFailure, KafkaFatalError, ProduceRejected
 from actors.publisher import run_publisher
 
 TOPIC = "user-activity-events"
 BACKOFF = Backoff(initial=0.1, maximum=2.0, jitter=no_jitter)
 RETRIABLE = KafkaFailure(code="_MSG_TIMED_OUT", reason="broker did not answer", retriable=True)
 PERMANENT = KafkaFailure(code="MSG_SIZE_TOO_LARGE", reason="message too large")
+#: Seconds of failing deliveries after which the publisher replaces its producer.
+REPLACE_AFTER = 5.0
 
 
 def approx(value: object) -> object:
@@ -56,21 +58,27 @@ async def publish(
 
 
 def publisher_actor(
-    producer: FakeProducer, inbox: trio.MemoryReceiveChannel[PublishRequest], health: Health
+    producer: FakeProducer | Sequence[FakeProducer],
+    inbox: trio.MemoryReceiveChannel[PublishRequest],
+    health: Health,
 ) -> Callable[..., Awaitable[None]]:
+    """The publisher actor; ``producer`` is its producer, or the producers it opens in turn
+    (the first, then each replacement)."""
+    producers = [producer] if isinstance(producer, FakeProducer) else producer
     return functools.partial(
         run_publisher,
         inbox=inbox,
-        open_producer=lambda: producer,
+        open_producer=opener(producers, "producer"),
         topic=TOPIC,
         backoff=BACKOFF,
+        replace_producer_after=REPLACE_AFTER,
         health=health,
     )
 
 
 @contextlib.asynccontextmanager
 async def running_publisher(
-    producer: FakeProducer, health: Health, *, inbox_size: int = 8
+    producer: FakeProducer | Sequence[FakeProducer], health: Health, *, inbox_size: int = 8
 ) -> AsyncIterator[trio.MemorySendChannel[PublishRequest]]:
     """Start the publisher; leaving the block closes its inbox and waits for it to return."""
     send, receive = trio.open_memory_channel[PublishRequest](inbox_size)
@@ -170,28 +178,17 @@ async def test_retries_stop_at_the_deadline(
     assert health.counters["publish_failures"] == 1
 
 
-@pytest.mark.parametrize(
-    ("failure", "retriable"),
-    [
-        (PERMANENT, False),
-        # Fatal wins over retriable: the producer must be replaced, retrying it is pointless.
-        (KafkaFailure(code="_FATAL", reason="fenced", retriable=True, fatal=True), True),
-    ],
-)
 async def test_failure_that_must_not_be_retried_is_answered_at_once(
-    autojump_clock: trio.testing.MockClock,
-    health: Health,
-    failure: KafkaFailure,
-    retriable: bool,
+    autojump_clock: trio.testing.MockClock, health: Health
 ) -> None:
-    """A non-retriable (or fatal) delivery failure is answered at once, with no retry."""
+    """A non-retriable delivery failure is answered at once, with no retry."""
     producer = FakeProducer()
-    producer.fail_deliveries(failure)
+    producer.fail_deliveries(PERMANENT)
     async with running_publisher(producer, health) as inbox:
         outcome, at = await publish(inbox, make_event())
         # Give a wrong retry every chance to happen before the inbox closes.
         await trio.sleep(10)
-    assert outcome == PublishFailed(reason=f"{failure.code}: {failure.reason}", retriable=retriable)
+    assert outcome == PublishFailed(reason="MSG_SIZE_TOO_LARGE: message too large", retriable=False)
     assert at == 0.0
     assert producer.attempts == [0.0]
     assert health.counters["publish_retries"] == 0
@@ -366,3 +363,107 @@ async def test_request_expired_in_the_inbox_is_not_produced(
             outcome = await replies.receive()
     assert outcome == PublishFailed(reason="expired in the queue", retriable=True)
     assert producer.attempts == []
+
+
+# --- a producer that can no longer deliver is replaced ---------------------------------------
+
+
+async def test_fenced_delivery_replaces_the_producer_and_is_retried_on_the_new_one(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """PRODUCER_FENCED: the old producer is discarded at once and the retry goes to a new one."""
+    health = RecordingHealth(["publisher"])
+    fenced, fresh = FakeProducer(name="old"), FakeProducer(name="new")
+    fenced.fence()
+    async with running_publisher([fenced, fresh], health) as inbox:
+        outcome, at = await publish(inbox, make_event())
+    assert outcome == Published(partition=0, offset=0)
+    assert at == approx(0.1)  # one backoff delay after the fenced report
+    assert fenced.discarded_at == 0.0
+    assert [message.at for message in fresh.produced] == approx([0.1])
+    assert health.counters["producer_replacements"] == 1
+    assert health.counters["publish_failures"] == 0
+
+
+async def test_fenced_delivery_past_the_deadline_is_answered_retriable(
+    autojump_clock: trio.testing.MockClock, health: Health
+) -> None:
+    """A request caught in a fenced producer with no time left is a 503 (retriable), not a 500."""
+    fenced = FakeProducer()
+    fenced.fence()
+    async with running_publisher([fenced, FakeProducer()], health) as inbox:
+        outcome, at = await publish(inbox, make_event(), timeout=0.05)
+    assert outcome == PublishFailed(reason=f"{FENCED.code}: {FENCED.reason}", retriable=True)
+    assert at == 0.0
+    assert health.counters["producer_replacements"] == 1
+
+
+async def test_health_is_degraded_from_the_replacement_until_the_new_producer_connects(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """DEGRADED naming the reason while the new producer has neither connected nor delivered."""
+    health = RecordingHealth(["publisher"])
+    fenced, fresh = FakeProducer(), FakeProducer()
+    fenced.fence()
+    fresh.connected = None  # librdkafka knows nothing yet
+    async with running_publisher([fenced, fresh], health) as inbox:
+        await publish(inbox, make_event(), timeout=0.05)
+        await trio.sleep(10)
+        assert health.state("publisher").value is ActorState.DEGRADED
+        detail = health.snapshot()["actors"]["publisher"]["detail"]
+        assert detail == f"producer replaced ({FENCED.code}: {FENCED.reason})"
+        fresh.connected = True
+        with trio.fail_after(1):
+            await health.state("publisher").wait_value(ActorState.RUNNING)
+        assert trio.current_time() == approx(10.1)  # within one pump interval
+    assert health.journal == [
+        "publisher running",
+        "publisher degraded",
+        "publisher running",
+        "publisher stopped",
+    ]
+
+
+async def test_every_delivery_failing_for_the_window_replaces_the_producer(
+    autojump_clock: trio.testing.MockClock, health: Health
+) -> None:
+    """Retriable failures from 1.0 s on: the one at 6.5 s (5.5 s later) condemns the producer."""
+    failing, fresh = FakeProducer(delivery_latency=1.0), FakeProducer()
+    failing.fail_deliveries(RETRIABLE, times=100)
+    async with running_publisher([failing, fresh], health) as inbox:
+        outcome, at = await publish(inbox, make_event(), timeout=60)
+    # Failures at 1.0, 2.1, 3.3, 4.7, 6.5; the retry after 1.6 s goes to the new producer.
+    assert failing.attempts == approx([0.0, 1.1, 2.3, 3.7, 5.5])
+    assert failing.discarded_at == approx(6.5)
+    assert outcome == Published(partition=0, offset=0)
+    assert at == approx(8.1)
+    assert health.counters["producer_replacements"] == 1
+
+
+async def test_failures_for_less_than_the_window_keep_the_producer(
+    autojump_clock: trio.testing.MockClock, health: Health
+) -> None:
+    """Failures at 1.0 to 4.7 s (3.7 s) and then a delivery: the same producer carries on."""
+    failing = FakeProducer(delivery_latency=1.0)
+    failing.fail_deliveries(RETRIABLE, times=4)
+    async with running_publisher([failing], health) as inbox:
+        outcome, at = await publish(inbox, make_event(), timeout=60)
+    assert outcome == Published(partition=0, offset=0)
+    assert at == approx(6.5)
+    assert failing.discarded_at is None
+    assert health.counters["producer_replacements"] == 0
+
+
+async def test_fatal_client_error_replaces_the_producer_without_a_restart(
+    autojump_clock: trio.testing.MockClock, health: Health
+) -> None:
+    """A fatal error from poll() replaces the producer inside the actor; publishing goes on."""
+    fatal, fresh = FakeProducer(), FakeProducer()
+    fatal.crash_next_poll(KafkaFatalError("_FATAL: producer fenced"))
+    async with running_publisher([fatal, fresh], health) as inbox:
+        await trio.sleep(1)
+        outcome, _ = await publish(inbox, make_event())
+    assert outcome == Published(partition=0, offset=0)
+    assert fatal.discarded_at == approx(0.0)
+    assert len(fresh.produced) == 1
+    assert health.counters["producer_replacements"] == 1
