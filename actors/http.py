@@ -1,8 +1,10 @@
-"""The HTTP actor: quart-trio served by hypercorn's trio worker.
+"""The HTTP actor: a quart-trio app, served by hypercorn's protocol code behind our own accept
+loop (:mod:`actors.http_server`).
 
 It holds no events itself. ``POST /events/generate`` builds the event and asks the publisher,
 ``GET /events/processed`` asks the store, ``GET /health`` reads the shared health record. Every
-answer, errors included, is JSON; no stack trace ever reaches a client.
+answer the app gives, errors included, is JSON; no stack trace ever reaches a client (what h11
+rejects before the app sees a request gets hypercorn's empty-bodied 400/431/501, see README).
 
 A caller that must answer fast does not queue behind a full mailbox: a full publisher inbox or
 an unconfirmed publish becomes ``503`` with ``Retry-After`` at once.
@@ -203,9 +205,10 @@ async def _read_body(limit: int, timeout: float) -> bytes | None:
     Every answer is sent only after the body was read, even when it is not used or too large
     (up to :data:`OVERSIZED_BODY_DRAIN_BYTES` beyond the limit).
 
-    # XXX: when a response goes out before the client finished sending its body, hypercorn 0.18
-    # under quart-trio never reads the rest and the next request on that keep-alive connection
-    # hangs; quart's own MAX_CONTENT_LENGTH answers early in exactly that way.
+    # NOTE: hypercorn 0.18 closes a connection answered before its request body was read to
+    # the end (H11Protocol._maybe_recycle cannot start the next cycle), so an early answer
+    # costs the client its keep-alive connection; quart's own MAX_CONTENT_LENGTH answers early
+    # in exactly that way.
 
     Raises:
         RequestTimeout: the body did not arrive within ``timeout`` seconds.
