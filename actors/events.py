@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import unicodedata
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -201,11 +202,29 @@ def _field_problems(
 def _user_id_problem(value: Any, limits: Limits) -> str | None:
     if not isinstance(value, str):
         return "must be a string"
-    if not value.strip():
+    if not any(_visible(character) for character in value):
         return "must not be empty"
     if len(value) > limits.max_user_id_length:
         return f"must be at most {limits.max_user_id_length} characters"
     return None
+
+
+#: Unicode categories that draw nothing by themselves: controls, format characters (zero-width
+#: spaces, joiners, BOM, bidi marks), separators, combining marks, unassigned and private use.
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp", "Mn", "Me"})
+
+#: Letters and symbols that render as blank space although their category says otherwise.
+_BLANK_CHARACTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+
+
+def _visible(character: str) -> bool:
+    """Whether ``character`` shows up when printed: a userId made only of invisible characters
+    looks empty in every log and UI, so it counts as empty."""
+    return not (
+        character.isspace()
+        or character in _BLANK_CHARACTERS
+        or unicodedata.category(character) in _INVISIBLE_CATEGORIES
+    )
 
 
 def _event_type_problem(value: Any, limits: Limits) -> str | None:

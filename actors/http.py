@@ -1,8 +1,10 @@
-"""The HTTP actor: quart-trio served by hypercorn's trio worker.
+"""The HTTP actor: a quart-trio app, served by hypercorn's protocol code behind our own accept
+loop (:mod:`actors.http_server`).
 
 It holds no events itself. ``POST /events/generate`` builds the event and asks the publisher,
 ``GET /events/processed`` asks the store, ``GET /health`` reads the shared health record. Every
-answer, errors included, is JSON; no stack trace ever reaches a client.
+answer the app gives, errors included, is JSON; no stack trace ever reaches a client (what h11
+rejects before the app sees a request gets hypercorn's empty-bodied 400/431/501, see README).
 
 A caller that must answer fast does not queue behind a full mailbox: a full publisher inbox or
 an unconfirmed publish becomes ``503`` with ``Retry-After`` at once.
@@ -10,6 +12,7 @@ an unconfirmed publish becomes ``503`` with ``Retry-After`` at once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -19,15 +22,13 @@ from typing import Any
 
 import attrs
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
 from quart import Response, request
 from quart_trio import QuartTrio
-from trio_util import AsyncValue
 from werkzeug.exceptions import HTTPException, RequestTimeout
 
 from actors.events import InvalidRequest, Limits, UserEvent, event_from_request
 from actors.health import ActorState, Health
+from actors.http_server import ServerOptions, serve_http
 from actors.logs import log_fields
 from actors.messages import (
     EventsPage,
@@ -40,7 +41,7 @@ from actors.messages import (
 )
 from actors.openapi import openapi_document
 
-__all__ = ["HttpOptions", "create_app", "run_http"]
+__all__ = ["HttpOptions", "ServerOptions", "create_app", "run_http"]
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("actors.http.access")
@@ -53,6 +54,10 @@ STORE_QUERY_SECONDS = 5.0
 #: 100,000 events take a few hundred round trips.
 LISTING_CHUNK_BYTES = 128 * 1024
 
+#: How long reading a request body may take before the request fails with 408 (the default of
+#: ``HttpOptions.body_read_timeout``; the service sets it from ``HTTP_BODY_READ_SECONDS``).
+BODY_READ_SECONDS = 30.0
+
 _JSON_TYPES = ("application/json",)
 
 
@@ -62,6 +67,7 @@ class HttpOptions:
     publish_timeout: float
     max_body_bytes: int
     max_listings: int = 4
+    body_read_timeout: float = BODY_READ_SECONDS
 
 
 def json_response(
@@ -94,7 +100,7 @@ def create_app(
 
     @app.post("/events/generate")
     async def generate_event() -> Response:
-        body = await _read_body(options.max_body_bytes)
+        body = await _read_body(options.max_body_bytes, options.body_read_timeout)
         if body is None:
             return error_response(
                 413,
@@ -167,11 +173,35 @@ def create_app(
         )
         return response
 
+    @app.before_request
+    async def refuse_ambiguous_framing() -> Response | None:
+        """RFC 9112 section 6.1: a request with both Transfer-Encoding and Content-Length may
+        be framed differently by a proxy in front of us (request smuggling); answer 400 and
+        close the connection instead of reading a next request from it."""
+        if "Transfer-Encoding" not in request.headers or "Content-Length" not in request.headers:
+            return None
+        with contextlib.suppress(RequestTimeout):
+            await _read_body(options.max_body_bytes, options.body_read_timeout)
+        problem = "must not carry both Content-Length and Transfer-Encoding"
+        return error_response(
+            400,
+            "invalid_request",
+            "the request is not valid",
+            headers={"Connection": "close"},
+            problems=[{"field": "headers", "message": problem}],
+        )
+
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:
-        await _read_body(options.max_body_bytes)
+        if not isinstance(error, RequestTimeout):  # a body that timed out is not read again
+            try:
+                await _read_body(options.max_body_bytes, options.body_read_timeout)
+            except RequestTimeout as timeout:
+                error = timeout
         name = (error.name or "error").lower().replace(" ", "_")
         response = error_response(error.code or 500, name, error.description or name)
+        if isinstance(error, RequestTimeout):
+            response.headers["Connection"] = "close"  # the rest of the body may still come
         if error.code == 405 and (allowed := error.get_response().headers.get("Allow")):
             response.headers["Allow"] = allowed
         return response
@@ -187,26 +217,24 @@ def create_app(
 #: How much of a body beyond the limit is read (and dropped) before answering 413.
 OVERSIZED_BODY_DRAIN_BYTES = 1024 * 1024
 
-#: How long reading a request body may take before the request fails with 408.
-BODY_READ_SECONDS = 30.0
 
-
-async def _read_body(limit: int) -> bytes | None:
+async def _read_body(limit: int, timeout: float) -> bytes | None:
     """The request body, or ``None`` when it is larger than ``limit`` bytes.
 
     Every answer is sent only after the body was read, even when it is not used or too large
     (up to :data:`OVERSIZED_BODY_DRAIN_BYTES` beyond the limit).
 
-    # XXX: when a response goes out before the client finished sending its body, hypercorn 0.18
-    # under quart-trio never reads the rest and the next request on that keep-alive connection
-    # hangs; quart's own MAX_CONTENT_LENGTH answers early in exactly that way.
+    # NOTE: hypercorn 0.18 closes a connection answered before its request body was read to
+    # the end (H11Protocol._maybe_recycle cannot start the next cycle), so an early answer
+    # costs the client its keep-alive connection; quart's own MAX_CONTENT_LENGTH answers early
+    # in exactly that way.
 
     Raises:
-        RequestTimeout: the body did not arrive within :data:`BODY_READ_SECONDS`.
+        RequestTimeout: the body did not arrive within ``timeout`` seconds.
     """
     chunks: list[bytes] = []
     size = 0
-    with trio.move_on_after(BODY_READ_SECONDS) as reading:
+    with trio.move_on_after(timeout) as reading:
         async for chunk in request.body:
             size += len(chunk)
             if size <= limit:
@@ -307,70 +335,19 @@ class _Listings:
         return body
 
 
-class _RequestTracker:
-    """ASGI wrapper around the app counting the requests that have not finished answering."""
-
-    def __init__(self, app: QuartTrio) -> None:
-        self._app = app
-        self.in_flight = AsyncValue(0)
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self._app(scope, receive, send)
-            return
-        self.in_flight.value += 1
-        try:
-            await self._app(scope, receive, send)
-        finally:
-            self.in_flight.value -= 1
-
-
-def hypercorn_config(host: str, port: int, drain_timeout: float) -> HypercornConfig:
-    config = HypercornConfig()
-    config.bind = [f"{host}:{port}"]
-    config.graceful_timeout = drain_timeout
-    config.accesslog = None  # one structured line per request is logged by the app itself
-    config.errorlog = logging.getLogger("actors.http.server")
-    return config
-
-
 async def run_http(
     *,
     app: QuartTrio,
-    host: str,
-    port: int,
-    drain_timeout: float,
+    options: ServerOptions,
     shutdown_trigger: Callable[[], Awaitable[Any]],
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` until ``shutdown_trigger`` returns, then let in-flight requests finish
-    within ``drain_timeout`` seconds and drop idle connections.
+    and idle connections close within ``options.graceful_timeout`` seconds.
 
     Reports its real binds (``["http://127.0.0.1:3000"]``) through ``task_status``.
-
-    # XXX: hypercorn's own graceful wait also waits for *idle* keep-alive connections, and
-    # under quart-trio their idle timer never fires (the request task that arms it is
-    # cancelled), so one idle client would hold shutdown until the deadline. We let hypercorn
-    # stop accepting (its trigger), wait for in-flight requests ourselves, then cancel it.
     """
-    requests = _RequestTracker(app)
-    config = hypercorn_config(host, port, drain_timeout)
     async with trio.open_nursery() as nursery:
-        binds = await nursery.start(_serve, requests, config, shutdown_trigger)
+        binds = await nursery.start(serve_http, app, options, shutdown_trigger)
         log_fields(log, logging.INFO, "http listening", binds=binds)
         task_status.started(binds)
-        await shutdown_trigger()
-        with trio.move_on_after(drain_timeout):
-            await requests.in_flight.wait_value(0)
-        log_fields(log, logging.INFO, "http stopped", unfinishedRequests=requests.in_flight.value)
-        nursery.cancel_scope.cancel()
-
-
-async def _serve(
-    app: Any,
-    config: HypercornConfig,
-    shutdown_trigger: Callable[[], Awaitable[Any]],
-    *,
-    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    await serve(app, config, shutdown_trigger=shutdown_trigger, task_status=task_status)

@@ -284,6 +284,27 @@ SETTINGS: tuple[Setting, ...] = (
         "Port the HTTP server listens on; 0 picks a free one.",
     ),
     Setting(
+        "HTTP_KEEP_ALIVE_SECONDS",
+        "http_keep_alive_seconds",
+        "5",
+        _integer(1, 3600),
+        "Seconds an idle keep-alive connection stays open before the server closes it.",
+    ),
+    Setting(
+        "HTTP_MAX_CONNECTIONS",
+        "http_max_connections",
+        "768",
+        _integer(1, 1_000_000),
+        "Most open HTTP connections; more get 503. Keep it 128 or more below ulimit -n.",
+    ),
+    Setting(
+        "HTTP_BODY_READ_SECONDS",
+        "http_body_read_seconds",
+        "30",
+        _integer(1, 3600),
+        "Seconds a request body may take to arrive before the request gets 408.",
+    ),
+    Setting(
         "MAX_BODY_BYTES",
         "max_body_bytes",
         "65536",
@@ -418,6 +439,9 @@ class Settings:
     ssl_ca_location: str | None
     http_host: str
     http_port: int
+    http_keep_alive_seconds: int
+    http_max_connections: int
+    http_body_read_seconds: int
     max_body_bytes: int
     max_user_id_length: int
     max_payload_depth: int

@@ -32,7 +32,7 @@ from actors.backoff import Backoff
 from actors.consumer import run_consumer
 from actors.events import Limits
 from actors.health import ActorState, Health
-from actors.http import HttpOptions, create_app, run_http
+from actors.http import HttpOptions, ServerOptions, create_app, run_http
 from actors.logs import log_fields
 from actors.messages import PublishRequest, StoreCommand
 from actors.ports import ConsumerPort, ProducerPort
@@ -249,6 +249,7 @@ async def run_service(
             publish_timeout=settings.publish_timeout_ms / 1000,
             max_body_bytes=settings.max_body_bytes,
             max_listings=settings.http_max_listings,
+            body_read_timeout=settings.http_body_read_seconds,
         ),
     )
     supervised = partial(supervise_actor, policy=policy, health=health)
@@ -274,11 +275,15 @@ async def run_service(
                         partial(
                             run_http,
                             app=app,
-                            host=settings.http_host,
-                            port=settings.http_port,
-                            drain_timeout=min(
-                                settings.publish_timeout_ms / 1000 + 1,
-                                settings.shutdown_timeout_ms / 1000,
+                            options=ServerOptions(
+                                host=settings.http_host,
+                                port=settings.http_port,
+                                keep_alive_timeout=settings.http_keep_alive_seconds,
+                                max_connections=settings.http_max_connections,
+                                graceful_timeout=min(
+                                    settings.publish_timeout_ms / 1000 + 1,
+                                    settings.shutdown_timeout_ms / 1000,
+                                ),
                             ),
                             shutdown_trigger=stop.wait,
                         )

@@ -464,11 +464,6 @@ class ServiceProcess(ServiceHandle):
             AssertionError: the process was still running ``timeout`` seconds later (it is
                 killed first).
         """
-        # XXX: the service's hypercorn never closes an idle keep-alive connection, so one
-        # left open by our own pool would hold its graceful shutdown for SHUTDOWN_TIMEOUT_MS
-        # and turn the exit code into 1. test_sigterm_with_idle_keepalive_client_exits_promptly
-        # keeps that bug in view; everywhere else the test client must not be what blocks.
-        self.drop_connections()
         if self.alive():
             self.process.send_signal(signal.SIGTERM)
         try:

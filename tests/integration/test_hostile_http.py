@@ -7,6 +7,7 @@ in external mode the tests also hold against a service run with the default limi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
@@ -219,6 +220,13 @@ def test_invalid_bodies_get_400(service: Services, kafka: KafkaTools) -> None:
             problems={"userId": "must not be empty"},
         ),
         Hostile(
+            "invisible userId",
+            body("\u200b\ufeff\u2060 \u00a0"),
+            400,
+            "invalid_request",
+            problems={"userId": "must not be empty"},
+        ),
+        Hostile(
             "payload too deep",
             body(user, payload=nested(MAX_PAYLOAD_DEPTH + 1)),
             400,
@@ -403,6 +411,125 @@ def test_connection_survives_an_early_rejection(service: Services) -> None:
         "413": outcomes["413"] if outcomes["413"].endswith("closed") else "413 then 200",
     }
     assert app.health().status_code == 200
+
+
+def address(app: ServiceHandle) -> tuple[str, int]:
+    host, port = app.base_url.removeprefix("http://").rsplit(":", 1)
+    return host, int(port)
+
+
+def until_closed(sock: socket.socket, timeout: float = 5) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    sock.settimeout(timeout)
+    data = b""
+    while received := sock.recv(65536):
+        data += received
+    return data
+
+
+def split_response(raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, rest
+
+
+def test_stalled_body_gets_one_408_at_body_read_timeout(process_control: Spawn) -> None:
+    """A body that stops half-way is answered 408 JSON after HTTP_BODY_READ_SECONDS, the
+    connection is closed, and the service logs one line for it, no traceback."""
+    app = process_control(env={"HTTP_BODY_READ_SECONDS": "1"})
+    with socket.create_connection(address(app), timeout=10) as sock:
+        sock.sendall(
+            b"POST /events/generate HTTP/1.1\r\nHost: test\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+        )
+        started = time.monotonic()
+        status, headers, content = split_response(until_closed(sock))
+        took = time.monotonic() - started
+    print(f"stalled body answered {status} after {took:.2f} s")
+    assert status == 408
+    assert headers["content-type"] == "application/json"
+    assert json.loads(content)["error"] == "request_timeout"
+    assert 0.9 < took < 3
+    time.sleep(0.2)  # not an assertion: lets the access line reach the log file
+    mentions = [line for line in app.log_text().splitlines() if "/events/generate" in line]
+    assert len(mentions) == 1, mentions
+    assert "Traceback" not in app.log_text()
+
+
+def test_websocket_upgrade_gets_json_404(process_control: Spawn) -> None:
+    """A WebSocket handshake on any path gets a JSON 404 and a closed connection; nothing is
+    logged but its access line."""
+    app = process_control()
+    handshake = (
+        b"GET /events/processed HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    with socket.create_connection(address(app), timeout=10) as sock:
+        sock.sendall(handshake)
+        status, headers, content = split_response(until_closed(sock))
+    assert status == 404
+    assert headers["content-type"] == "application/json"
+    assert json.loads(content)["error"] == "not_found"
+    assert app.health().status_code == 200
+    assert "Traceback" not in app.log_text()
+    assert not [line for line in app.log_lines() if line["level"] in {"ERROR", "CRITICAL"}]
+
+
+def test_content_length_with_chunked_gets_400_and_close(service: Services) -> None:
+    """Content-Length beside Transfer-Encoding: chunked (RFC 9112 6.1) is a JSON 400, and the
+    connection is closed: a request pipelined behind it is never read."""
+    app = service()
+    event = body(marker())
+    chunked = f"{len(event):x}\r\n".encode() + event + b"\r\n0\r\n\r\n"
+    smuggled = (
+        b"POST /events/generate HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked
+    )
+    with socket.create_connection(address(app), timeout=10) as sock:
+        sock.sendall(smuggled + b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n")
+        raw = until_closed(sock)
+    status, headers, content = split_response(raw)
+    assert status == 400
+    assert headers["connection"] == "close"
+    assert json.loads(content)["problems"][0]["field"] == "headers"
+    assert raw.count(b"HTTP/1.1 ") == 1, raw
+
+
+def test_protocol_errors_get_empty_answers_and_close(service: Services) -> None:
+    """What h11 rejects before the app sees it is answered by hypercorn with the status and an
+    empty body (README: not JSON), then closed: a bad request line, an oversized header
+    block, an unknown transfer coding."""
+    app = service()
+    requests = {
+        400: b"GARBAGE\r\n\r\n",
+        431: b"GET /health HTTP/1.1\r\nHost: test\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n",
+        501: b"POST /events/generate HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: gzip\r\n\r\n",
+    }
+    answers = {}
+    for expected, raw in requests.items():
+        with socket.create_connection(address(app), timeout=10) as sock:
+            with contextlib.suppress(ConnectionError):
+                sock.sendall(raw)
+            status, headers, content = split_response(until_closed(sock))
+        answers[expected] = (status, headers.get("content-length"), content)
+    assert answers == {status: (status, "0", b"") for status in requests}
+    assert app.health().status_code == 200
+
+
+def test_absolute_form_target_is_served_as_the_local_path(service: Services) -> None:
+    """``GET http://evil.example/health`` is answered as ``GET /health`` (README): the host in
+    the target is ignored, nothing is fetched from it."""
+    app = service()
+    with socket.create_connection(address(app), timeout=10) as sock:
+        sock.sendall(
+            b"GET http://evil.example/health HTTP/1.1\r\nHost: evil.example\r\n"
+            b"Connection: close\r\n\r\n"
+        )
+        status, _headers, content = split_response(until_closed(sock))
+    assert status == 200
+    assert set(json.loads(content)) == {"status", "actors", "counters"}
 
 
 # --- the OpenAPI document under fuzzing ------------------------------------------------------

@@ -570,3 +570,30 @@ def test_to_json_is_the_same_whatever_order_a_document_had() -> None:
         "payload",
     ]
     assert event.to_json() == json.dumps(document, separators=(",", ":")).encode()
+
+
+@pytest.mark.parametrize(
+    "user_id",
+    [
+        "\u200b",  # zero-width space (Cf)
+        "\ufeff",  # byte order mark (Cf)
+        "\u200d\u2060\u200e",  # zero-width joiner, word joiner, left-to-right mark (Cf)
+        "\u00a0\u3000",  # no-break space, ideographic space (Zs)
+        "\u2028",  # line separator (Zl)
+        "\u0301\u034f",  # combining marks without a base (Mn)
+        "\u3164",  # Hangul filler: a letter that draws nothing
+        "\x00\x7f",  # controls (Cc)
+    ],
+    ids=["zwsp", "bom", "joiners", "spaces", "line-separator", "marks", "filler", "controls"],
+)
+def test_user_id_of_invisible_characters_is_empty(user_id: str) -> None:
+    """A userId that prints as nothing counts as empty, through either door."""
+    assert problems_of(body(userId=user_id, eventType="LOGIN")) == [
+        Problem("userId", "must not be empty")
+    ]
+
+
+@pytest.mark.parametrize("user_id", ["\u200bu", "é", "😀", "用户"])
+def test_user_id_with_one_visible_character_is_accepted(user_id: str) -> None:
+    """Invisible characters beside a visible one are left alone."""
+    assert event_from_request(body(userId=user_id, eventType="LOGIN"), LIMITS).user_id == user_id

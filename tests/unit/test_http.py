@@ -537,6 +537,72 @@ async def test_hostile_payload_is_400_not_500(payload: bytes) -> None:
     assert response.status_code == 400
 
 
+# --- hostile framing and slow bodies ----------------------------------------------------------
+
+
+async def test_stalled_body_is_408_once_at_body_read_timeout(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A body that stops arriving gets one JSON 408 exactly body_read_timeout later, with
+    ``Connection: close``, one access line and no traceback."""
+    options = attrs.evolve(OPTIONS, body_read_timeout=7.0)
+    async with serving(options=options) as service:
+        headers = JSON | {"Content-Length": "100"}
+        with caplog.at_level(logging.INFO):
+            start = trio.current_time()
+            async with service.client.request(
+                "/events/generate", method="POST", headers=headers
+            ) as connection:
+                await connection.send(b'{"userId": "u1", ')
+                body = json.loads(await connection.receive())
+                elapsed = trio.current_time() - start
+                status, answered = connection.status_code, connection.headers
+        assert service.publish_requests == []
+    assert elapsed == 7.0
+    assert status == 408
+    assert answered is not None
+    assert answered["Connection"] == "close"
+    assert_error_body(body, "request_timeout")
+    assert [(r.name, r.getMessage()) for r in caplog.records] == [
+        ("actors.http.access", "http request")
+    ]
+
+
+async def test_stalled_body_on_an_unknown_route_is_408_not_500(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The error handler's own body read timing out becomes 408 too, at the same time."""
+    options = attrs.evolve(OPTIONS, body_read_timeout=7.0)
+    async with serving(options=options) as service:
+        with caplog.at_level(logging.INFO):
+            start = trio.current_time()
+            async with service.client.request(
+                "/nowhere", method="POST", headers=JSON | {"Content-Length": "100"}
+            ) as connection:
+                await connection.send(b"{")
+                body = json.loads(await connection.receive())
+                elapsed = trio.current_time() - start
+    assert (elapsed, connection.status_code) == (7.0, 408)
+    assert_error_body(body, "request_timeout")
+    assert not any(record.exc_info for record in caplog.records)
+
+
+async def test_content_length_with_transfer_encoding_is_400_and_closes() -> None:
+    """Both framing headers at once (RFC 9112 6.1) is a JSON 400 that closes the connection."""
+    async with serving() as service:
+        response = await service.client.post(
+            "/events/generate",
+            data=new_event_body(),
+            headers=JSON | {"Transfer-Encoding": "chunked", "Content-Length": "5"},
+        )
+        body = await response.get_json()
+        assert service.publish_requests == []
+    assert response.status_code == 400
+    assert response.headers["Connection"] == "close"
+    assert_error_body(body, "invalid_request")
+    assert body["problems"][0]["field"] == "headers"
+
+
 # --- what the documents promise ---------------------------------------------------------------
 
 
