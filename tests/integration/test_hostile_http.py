@@ -529,7 +529,7 @@ def test_absolute_form_target_is_served_as_the_local_path(service: Services) -> 
         )
         status, _headers, content = split_response(until_closed(sock))
     assert status == 200
-    assert set(json.loads(content)) == {"status", "actors", "counters"}
+    assert set(json.loads(content)) == {"status", "actors", "counters", "gauges"}
 
 
 # --- the OpenAPI document under fuzzing ------------------------------------------------------
