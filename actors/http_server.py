@@ -23,6 +23,7 @@ import errno
 import json
 import logging
 import resource
+import socket
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -38,7 +39,7 @@ from hypercorn.utils import repr_socket_addr, wrap_app
 
 from actors.logs import log_fields
 
-__all__ = ["ConnectionSlots", "ServerGuard", "ServerOptions", "serve_http"]
+__all__ = ["BindError", "ConnectionSlots", "ServerGuard", "ServerOptions", "serve_http"]
 
 log = logging.getLogger("actors.http.server")
 access_log = logging.getLogger("actors.http.access")
@@ -373,7 +374,7 @@ async def serve_http(
     async with trio.open_nursery() as lifespan_nursery:
         await lifespan_nursery.start(lifespan.handle_lifespan)
         await lifespan.wait_for_startup()
-        sockets = config.create_sockets().insecure_sockets
+        sockets = _bind(options)
         async with trio.open_nursery() as connections:
             listeners = []
             for sock in sockets:
@@ -404,6 +405,34 @@ async def serve_http(
         )
         await lifespan.wait_for_shutdown()
         lifespan_nursery.cancel_scope.cancel()
+
+
+class BindError(Exception):
+    """The HTTP address cannot be listened on; the message names the setting to change."""
+
+
+def _bind(options: ServerOptions) -> list[socket.socket]:
+    """The listening socket of ``options.host:options.port``, set up as hypercorn's own
+    ``Config.create_sockets`` does (which would leak the socket when ``bind`` fails).
+
+    Raises:
+        BindError: e.g. ``HTTP_PORT=3000: address already in use``, or ``HTTP_HOST=10.9.9.9:
+            cannot assign requested address`` for an address this machine does not have.
+    """
+    host = options.host.strip("[]")
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, options.port))
+    except OSError as error:
+        sock.close()
+        problem = (error.strerror or str(error)).lower()
+        if error.errno in (errno.EADDRINUSE, errno.EACCES):  # taken, or privileged
+            raise BindError(f"HTTP_PORT={options.port}: {problem}") from None
+        raise BindError(f"HTTP_HOST={options.host}: {problem}") from None
+    sock.setblocking(False)
+    return [sock]
 
 
 def _warn_if_descriptors_short(max_connections: int) -> None:

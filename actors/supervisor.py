@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import logging
 import signal
+import sys
 from collections.abc import Awaitable, Callable
 from functools import partial
 
@@ -32,7 +33,8 @@ from actors.backoff import Backoff
 from actors.consumer import run_consumer
 from actors.events import Limits
 from actors.health import ActorState, Health
-from actors.http import HttpOptions, ServerOptions, create_app, run_http
+from actors.http import HttpOptions, create_app, run_http
+from actors.http_server import BindError, ServerOptions
 from actors.logs import log_fields
 from actors.messages import PublishRequest, StoreCommand
 from actors.ports import ConsumerPort, ProducerPort
@@ -332,7 +334,7 @@ async def supervise(settings: Settings, ports: KafkaPorts | None = None) -> int:
     """The service's whole life, from start-up to the end of shutdown; returns an exit status.
 
     0 after a graceful shutdown, 1 when the shutdown deadline cut it short or an actor kept
-    failing.
+    failing, 2 when the HTTP address cannot be listened on (a configuration error).
     """
     stop = trio.Event()
     service = trio.CancelScope()
@@ -342,6 +344,10 @@ async def supervise(settings: Settings, ports: KafkaPorts | None = None) -> int:
         with service:
             try:
                 await run_service(settings, stop=stop, ports=ports or kafka_ports(settings))
+            except* BindError as group:
+                # A configuration error like any other: one line naming the variable, status 2.
+                print(f"configuration error: {_innermost(group)}", file=sys.stderr)
+                status = 2
             except* TooManyRestarts as group:
                 for error in group.exceptions:
                     log_fields(log, logging.CRITICAL, "giving up", reason=str(_innermost(error)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -90,3 +91,20 @@ def test_http_is_up_at_once_without_a_broker_and_all_works_once_one_answers(
         assert app.terminate() == 0
     finally:
         broker.stop()
+
+
+def test_taken_http_port_fails_at_once_with_one_line_and_status_2(process_control: Spawn) -> None:
+    """With HTTP_PORT already in use the process exits 2 within seconds, its whole output one
+    line naming the variable."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        app = process_control({"HTTP_PORT": str(port)}, wait_healthy=False)
+        exit_code = app.process.wait(10)
+        took = time.monotonic() - started
+    print(f"taken port: exit {exit_code} after {took:.2f} s")
+    assert exit_code == 2
+    assert app.log_text() == f"configuration error: HTTP_PORT={port}: address already in use\n"
+    assert took < 3

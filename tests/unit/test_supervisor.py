@@ -13,6 +13,7 @@ import itertools
 import json
 import math
 import re
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -494,3 +495,21 @@ async def test_run_service_raises_too_many_restarts(
             health=health,
         )
     assert "consumer restarting" in health.journal
+
+
+async def test_taken_http_port_is_a_configuration_error_before_any_broker_call(
+    autojump_clock: trio.testing.MockClock, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A port already listened on ends supervise() with status 2 and one stderr line naming
+    HTTP_PORT, before the broker is ever asked for anything."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        topics = FakeTopics()
+        status = await supervise(service_settings(HTTP_PORT=str(port)), fake_ports(topics=topics))
+    assert status == 2
+    assert capsys.readouterr().err == (
+        f"configuration error: HTTP_PORT={port}: address already in use\n"
+    )
+    assert topics.calls.value == 0
