@@ -59,7 +59,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
     && pip install --requirement /tmp/requirements.txt \
     && rm /tmp/requirements.txt \
     && chown 10001:10001 /app
-COPY Dockerfile docker-compose.yml .env.example ./
+COPY Dockerfile docker-compose.yml .dockerignore .env.example ./
 COPY scripts/ ./scripts/
 COPY tests/ ./tests/
 USER 10001:10001

@@ -4,6 +4,7 @@ Synopsis::
 
     stages = read_dockerfile(ROOT / "Dockerfile")       # {"base": Stage(...), ...}
     stages["runtime"].effective(stages)                 # instructions, inherited ones first
+    image_files(stages, "test")                         # {"/app/README.md": ROOT/"README.md", ...}
     compose = read_compose()                            # the parsed docker-compose.yml
     env = read_env_example()                            # [EnvEntry(name, value, comment, ...)]
     interpolate("${HTTP_PORT:-3000}")                   # "3000": defaults only, never os.environ
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import attrs
@@ -120,6 +121,55 @@ def copy_sources(instruction: Instruction) -> list[str]:
     """The source paths of a COPY or ADD (flags and destination left out)."""
     words = [word for word in instruction.arguments.split() if not word.startswith("--")]
     return words[:-1]
+
+
+def build_chain(stages: dict[str, Stage], target: str) -> list[Stage]:
+    """The stages a build of ``target`` goes through, the first FROM of an image first."""
+    chain = [stages[target]]
+    while chain[0].parent in stages:
+        chain.insert(0, stages[chain[0].parent])
+    return chain
+
+
+def image_files(
+    stages: dict[str, Stage], target: str, context: Path = ROOT
+) -> dict[PurePosixPath, Path]:
+    """Every file the COPY and ADD lines of ``target``'s build chain take from ``context``, as
+    ``{path in the image: path in the context}``, with ``.dockerignore``'s exclusions applied.
+
+    Follows Docker's rules for local sources: a directory's contents (not the directory itself)
+    go into the destination; a file goes to the destination, or into it when the destination
+    ends with ``/`` or there are several sources; a relative destination is resolved against the
+    WORKDIR in force. ``--from`` copies are left out (they take nothing from the context);
+    wildcards and URLs raise ValueError.
+    """
+    patterns = read_dockerignore(context / ".dockerignore")
+    workdir = PurePosixPath("/")
+    files: dict[PurePosixPath, Path] = {}
+    for stage in build_chain(stages, target):
+        for instruction in stage.instructions:
+            if instruction.keyword == "WORKDIR":
+                workdir = workdir / instruction.arguments.strip()
+            if instruction.keyword not in {"COPY", "ADD"} or "--from" in instruction.arguments:
+                continue
+            words = [word for word in instruction.arguments.split() if not word.startswith("--")]
+            sources, destination = words[:-1], words[-1]
+            target_path = workdir / destination
+            into = destination.endswith("/") or len(sources) > 1
+            for source in sources:
+                if any(character in source for character in "*?[") or "://" in source:
+                    raise ValueError(f"line {instruction.line}: unsupported source {source!r}")
+                path = context / source
+                if path.is_dir():
+                    for file in sorted(path.rglob("*")):
+                        relative = file.relative_to(context).as_posix()
+                        if file.is_file() and not is_ignored(relative, patterns):
+                            files[target_path / file.relative_to(path).as_posix()] = file
+                elif path.is_file() and not is_ignored(source, patterns):
+                    files[target_path / path.name if into else target_path] = path
+                else:
+                    raise ValueError(f"line {instruction.line}: {source!r} is not in the context")
+    return files
 
 
 # --- .dockerignore ----------------------------------------------------------------------------

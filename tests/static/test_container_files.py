@@ -35,6 +35,7 @@ from .container_files import (
     copy_sources,
     duration_ms,
     healthcheck_command,
+    image_files,
     interpolate,
     is_ignored,
     last,
@@ -291,6 +292,61 @@ def test_hadolint_passes() -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- what the test image holds ----------------------------------------------------------------
+
+
+def test_image_files_follow_the_copy_rules(tmp_path: Path) -> None:
+    """A directory's contents go into the destination, files by name, .dockerignore applies."""
+    (tmp_path / "pkg" / "__pycache__").mkdir(parents=True)
+    (tmp_path / "pkg" / "mod.py").write_text("")
+    (tmp_path / "pkg" / "__pycache__" / "mod.pyc").write_text("")
+    (tmp_path / "a.toml").write_text("")
+    (tmp_path / "b.md").write_text("")
+    (tmp_path / ".dockerignore").write_text("**/__pycache__\n")
+    text = (
+        "FROM python:3.11-slim AS base\nWORKDIR /app\nCOPY a.toml b.md ./\n"
+        "FROM base AS next\nCOPY pkg/ ./lib/\nCOPY --from=base /etc/hosts /x\n"
+        "COPY a.toml renamed.toml\n"
+    )
+    files = image_files(split_stages(parse_dockerfile(text)), "next", context=tmp_path)
+    assert {
+        str(path): source.relative_to(tmp_path).as_posix() for path, source in files.items()
+    } == {
+        "/app/a.toml": "a.toml",
+        "/app/b.md": "b.md",
+        "/app/lib/mod.py": "pkg/mod.py",
+        "/app/renamed.toml": "a.toml",
+    }
+
+
+def test_unit_and_static_tests_pass_with_only_the_test_images_files(
+    stages: dict[str, Stage], tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """`pytest tests/unit tests/static` passes in a copy of the WORKDIR holding only what the
+    test target's COPY lines put there: every file those tests read reaches the image."""
+    workdir = last(stages["test"].effective(stages), "WORKDIR")
+    assert workdir is not None, "no WORKDIR in the test image"
+    files = image_files(stages, "test")
+    outside = sorted(str(path) for path in files if not path.is_relative_to(workdir.arguments))
+    assert outside == [], "the tests run in the WORKDIR; these land elsewhere"
+    for path, source in files.items():
+        destination = tmp_path / path.relative_to(workdir.arguments)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, destination)
+    command = [sys.executable, "-m", "pytest", "tests/unit", "tests/static", "-q", "--tb=line"]
+    # Not this test again inside the copy; no cache directory written there.
+    command += ["--deselect", request.node.nodeid, "-p", "no:cacheprovider"]
+    result = subprocess.run(
+        command,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
 
 
 # --- the health probe, run for real ---------------------------------------------------------
