@@ -43,8 +43,9 @@ USER 10001:10001
 EXPOSE 3000
 # No curl in the slim image: the standard library asks GET /health, which answers 503 (an
 # HTTPError, so a non-zero exit) while the service is degraded. Joining the consumer group can
-# take tens of seconds; failures within the start period do not count.
-HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
+# take tens of seconds; failures within the start period do not count, and within it the probe
+# runs every second (--start-interval, Docker Engine 25+) instead of after 10 s.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --start-interval=1s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('HTTP_PORT', '3000') + '/health', timeout=4)"]
 # Exec form: Python is PID 1 and receives SIGTERM itself, which starts the graceful shutdown.
 CMD ["python", "-m", "actors"]

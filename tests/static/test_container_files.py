@@ -486,6 +486,44 @@ def test_every_service_has_a_real_healthcheck(services: dict[str, Any], name: st
     assert duration_ms(healthcheck["start_period"]) > 0
 
 
+#: The first health probe of every container comes at most this soon after it starts.
+FIRST_PROBE_MAX_MS = 3000
+
+
+def _first_probe_ms(interval: object, start_period: object, start_interval: object) -> float:
+    """When Docker (Engine 25+) runs the first probe: one start interval after the start while
+    in a start period, otherwise one interval (both default to 30 s, the start period to 0)."""
+    interval_ms = duration_ms(interval or "30s")
+    if start_period and duration_ms(start_period) > 0:
+        return duration_ms(start_interval) if start_interval else interval_ms
+    return interval_ms
+
+
+@pytest.mark.parametrize("name", ["zookeeper", "kafka", "app"])
+def test_first_health_probe_comes_within_seconds(services: dict[str, Any], name: str) -> None:
+    """Each service is probed a few seconds after it starts (start_interval), not only after
+    its full interval: each one waits for the one before it to be healthy."""
+    healthcheck = services[name]["healthcheck"]
+    first = _first_probe_ms(
+        healthcheck.get("interval"),
+        healthcheck.get("start_period"),
+        healthcheck.get("start_interval"),
+    )
+    assert first <= FIRST_PROBE_MAX_MS, f"{name}: first probe after {first / 1000:g} s"
+    assert first <= duration_ms(healthcheck["interval"])
+
+
+def test_dockerfile_healthcheck_probes_within_seconds(stages: dict[str, Stage]) -> None:
+    """The image's own HEALTHCHECK probes a few seconds after the start (--start-interval)."""
+    healthcheck = last(stages["runtime"].effective(stages), "HEALTHCHECK")
+    assert healthcheck is not None
+    options = dict(re.findall(r"--([a-z-]+)=(\S+)", healthcheck.arguments.partition("CMD ")[0]))
+    first = _first_probe_ms(
+        options.get("interval"), options.get("start-period"), options.get("start-interval")
+    )
+    assert first <= FIRST_PROBE_MAX_MS, f"first probe after {first / 1000:g} s"
+
+
 def test_zookeeper_healthcheck_asks_zookeeper(services: dict[str, Any]) -> None:
     """ZooKeeper's check talks to the client port (cub zk-ready, or srvr/ruok)."""
     command = healthcheck_command(services["zookeeper"])
