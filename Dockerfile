@@ -1,10 +1,12 @@
 # syntax=docker/dockerfile:1
 #
 # User-activity event service. Stages:
-#   base     dependencies (own cached layer, from pyproject.toml) and the package, as root
-#   service  what every runnable image shares: non-root user, port, health check, command
-#   test     service + the `test` extra, tests/ and the container files (`pytest` runs in it)
-#   runtime  the default target (last stage): service, nothing more
+#   base       Python, the non-root user, the dependencies (from pyproject.toml alone, their own
+#              cached layer) and what every runnable image shares: port, health check, command
+#   test-deps  base + the `test` extra, still from pyproject.toml alone: a code change reuses it
+#   test       test-deps + the package, tests/ and the container files (`pytest` runs in it)
+#   runtime    the default target (last stage): base + the package, nothing more
+# test and runtime install the package with the same lines (tests/static checks that they do).
 # Build the test image with `docker build --target test .` or APP_BUILD_TARGET=test in compose.
 
 FROM python:3.11.13-slim-bookworm AS base
@@ -27,18 +29,6 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
     && pip install --requirement /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
-# setuptools reads README.md (project.readme) when it builds the package.
-COPY README.md ./
-COPY actors/ ./actors/
-RUN pip install --no-deps . \
-    && rm -rf build ./*.egg-info
-
-
-FROM base AS service
-
-# The numeric id of the `app` user created above: runtimes that refuse root (runAsNonRoot)
-# can only check a number.
-USER 10001:10001
 # The HTTP_PORT default; set HTTP_PORT and publish that port to move it.
 EXPOSE 3000
 # No curl in the slim image: the standard library asks GET /health, which answers 503 (an
@@ -48,22 +38,44 @@ EXPOSE 3000
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --start-interval=1s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('HTTP_PORT', '3000') + '/health', timeout=4)"]
 # Exec form: Python is PID 1 and receives SIGTERM itself, which starts the graceful shutdown.
+# It runs as the last USER of the image (each target below ends with the app user).
 CMD ["python", "-m", "actors"]
 
 
-FROM service AS test
+FROM base AS test-deps
 
-# Root (by number, as above) only to install the test extra; the tests run as the app user,
-# who gets write access to /app (not its contents) for pytest's cache directory.
-USER 0:0
+# Still root, to install. The tests run as the app user, who gets write access to /app (not
+# its contents) for pytest's cache directory.
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['test']))" > /tmp/requirements.txt \
     && pip install --requirement /tmp/requirements.txt \
     && rm /tmp/requirements.txt \
     && chown 10001:10001 /app
+
+
+FROM test-deps AS test
+
+# The package: the same three lines as in runtime.
+# setuptools reads README.md (project.readme) when it builds the package.
+COPY README.md ./
+COPY actors/ ./actors/
+RUN pip install --no-deps . \
+    && rm -rf build ./*.egg-info
+
 COPY Dockerfile docker-compose.yml .dockerignore .env.example ./
 COPY scripts/ ./scripts/
 COPY tests/ ./tests/
 USER 10001:10001
 
 
-FROM service AS runtime
+FROM base AS runtime
+
+# The package: the same three lines as in test.
+# setuptools reads README.md (project.readme) when it builds the package.
+COPY README.md ./
+COPY actors/ ./actors/
+RUN pip install --no-deps . \
+    && rm -rf build ./*.egg-info
+
+# The numeric id of the `app` user created in base: runtimes that refuse root (runAsNonRoot)
+# can only check a number.
+USER 10001:10001

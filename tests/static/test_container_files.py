@@ -162,6 +162,31 @@ def test_dependencies_are_installed_in_their_own_layer_before_the_code(
     assert copy_pyproject < install < copy_code < install_package
 
 
+#: What the dependency layers may be built from: a change to anything else must not reinstall them.
+DEPENDENCY_FILES = {"pyproject.toml", "constraints.txt"}
+
+
+def test_test_extra_is_installed_before_any_code_is_copied(stages: dict[str, Stage]) -> None:
+    """In the test target's build, the `test` extra is installed in a layer built from the
+    dependency files alone, before actors/ or tests/ are copied: a code change reuses it."""
+    instructions = stages["test"].effective(stages)
+    installs = [
+        index
+        for index, instruction in enumerate(instructions)
+        if instruction.keyword == "RUN"
+        and "pip install" in instruction.arguments
+        and re.search(r"\[\W*test\W*\]", instruction.arguments)
+    ]
+    assert installs, "no RUN pip install of the test extra in the test target"
+    copied_before = {
+        source.rstrip("/")
+        for instruction in instructions[: installs[0]]
+        if instruction.keyword in {"COPY", "ADD"}
+        for source in copy_sources(instruction)
+    }
+    assert copied_before <= DEPENDENCY_FILES, f"copied before the test extra: {copied_before}"
+
+
 @pytest.mark.parametrize("stage", ["runtime", "test"])
 def test_image_runs_as_a_non_root_user(stages: dict[str, Stage], stage: str) -> None:
     """The user in force at the end of the stage is set and is not root."""
@@ -170,13 +195,38 @@ def test_image_runs_as_a_non_root_user(stages: dict[str, Stage], stage: str) -> 
     assert user.arguments.split(":")[0] not in ROOT_USERS, f"{stage}: runs as {user.arguments}"
 
 
-def test_runtime_user_is_set_before_cmd(stages: dict[str, Stage]) -> None:
-    """In the runtime image the non-root USER comes before the CMD it applies to."""
-    instructions = stages["runtime"].effective(stages)
+@pytest.mark.parametrize("stage", ["runtime", "test"])
+def test_non_root_user_comes_after_every_install(stages: dict[str, Stage], stage: str) -> None:
+    """The non-root USER is set after the last RUN, so it is the user the CMD runs as (Docker
+    applies the image's last USER to its command, wherever CMD stands) and no install is
+    left to run as that user."""
+    instructions = stages[stage].effective(stages)
     user, cmd = last(instructions, "USER"), last(instructions, "CMD")
     assert user is not None
     assert cmd is not None
-    assert instructions.index(user) < instructions.index(cmd)
+    runs = [index for index, instruction in enumerate(instructions) if instruction.keyword == "RUN"]
+    assert runs
+    assert instructions.index(user) > runs[-1]
+
+
+def _package_install(stage: Stage) -> list[tuple[str, str]]:
+    """A stage's own instructions up to the RUN that installs the package (``pip install .``)."""
+    steps = [(instruction.keyword, instruction.arguments) for instruction in stage.instructions]
+    end = next(
+        index
+        for index, (keyword, arguments) in enumerate(steps)
+        if keyword == "RUN" and re.search(r"pip install .*\.(\s|$)", arguments)
+    )
+    return steps[: end + 1]
+
+
+def test_test_and_runtime_install_the_package_alike(stages: dict[str, Stage]) -> None:
+    """The test image installs the package exactly as the runtime image does, first thing."""
+    assert any(
+        keyword == "COPY" and "actors/" in arguments
+        for keyword, arguments in _package_install(stages["runtime"])
+    )
+    assert _package_install(stages["test"]) == _package_install(stages["runtime"])
 
 
 @pytest.mark.parametrize("stage", ["runtime", "test"])
