@@ -1,12 +1,15 @@
 # syntax=docker/dockerfile:1
 #
 # User-activity event service. Stages:
-#   base       Python, the non-root user, the dependencies (from pyproject.toml alone, their own
-#              cached layer) and what every runnable image shares: port, health check, command
-#   test-deps  base + the `test` extra, still from pyproject.toml alone: a code change reuses it
+#   base       Python, the non-root user, the dependencies (from pyproject.toml and
+#              constraints.txt alone, their own cached layer) and what every runnable image
+#              shares: port, health check, command
+#   test-deps  base + the `test` extra, still from those two files alone: a code change reuses it
 #   test       test-deps + the package, tests/ and the container files (`pytest` runs in it)
 #   runtime    the default target (last stage): base + the package, nothing more
 # test and runtime install the package with the same lines (tests/static checks that they do).
+# Every pip install is constrained by constraints.txt: the tested versions, written by
+# scripts/freeze-constraints.
 # Build the test image with `docker build --target test .` or APP_BUILD_TARGET=test in compose.
 
 FROM python:3.11.13-slim-bookworm AS base
@@ -22,11 +25,11 @@ RUN groupadd --system --gid 10001 app \
 
 WORKDIR /app
 
-# Only pyproject.toml first: this layer is rebuilt when the dependencies change, not the code.
-# tomllib is in the standard library from Python 3.11.
-COPY pyproject.toml ./
+# Only the dependency files first: this layer is rebuilt when the dependencies change, not the
+# code. tomllib is in the standard library from Python 3.11.
+COPY pyproject.toml constraints.txt ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
-    && pip install --requirement /tmp/requirements.txt \
+    && pip install --constraint constraints.txt --requirement /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
 # The HTTP_PORT default; set HTTP_PORT and publish that port to move it.
@@ -47,7 +50,7 @@ FROM base AS test-deps
 # Still root, to install. The tests run as the app user, who gets write access to /app (not
 # its contents) for pytest's cache directory.
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['test']))" > /tmp/requirements.txt \
-    && pip install --requirement /tmp/requirements.txt \
+    && pip install --constraint constraints.txt --requirement /tmp/requirements.txt \
     && rm /tmp/requirements.txt \
     && chown 10001:10001 /app
 
@@ -58,7 +61,7 @@ FROM test-deps AS test
 # setuptools reads README.md (project.readme) when it builds the package.
 COPY README.md ./
 COPY actors/ ./actors/
-RUN pip install --no-deps . \
+RUN pip install --constraint constraints.txt --no-deps . \
     && rm -rf build ./*.egg-info
 
 COPY Dockerfile docker-compose.yml .dockerignore .env.example ./
@@ -73,7 +76,7 @@ FROM base AS runtime
 # setuptools reads README.md (project.readme) when it builds the package.
 COPY README.md ./
 COPY actors/ ./actors/
-RUN pip install --no-deps . \
+RUN pip install --constraint constraints.txt --no-deps . \
     && rm -rf build ./*.egg-info
 
 # The numeric id of the `app` user created in base: runtimes that refuse root (runAsNonRoot)

@@ -135,7 +135,8 @@ def test_runtime_is_the_default_target_and_test_another(stages: dict[str, Stage]
 def test_dependencies_are_installed_in_their_own_layer_before_the_code(
     stages: dict[str, Stage],
 ) -> None:
-    """pyproject.toml is copied and the dependencies installed before actors/ is copied."""
+    """pyproject.toml (and constraints.txt) is copied and the dependencies installed before
+    actors/ is copied."""
     instructions = stages["runtime"].effective(stages)
 
     def first(predicate: Any, what: str) -> int:
@@ -145,8 +146,12 @@ def test_dependencies_are_installed_in_their_own_layer_before_the_code(
         pytest.fail(f"no {what} in the runtime stage")
 
     copy_pyproject = first(
-        lambda i: i.keyword == "COPY" and copy_sources(i) == ["pyproject.toml"],
-        "COPY of pyproject.toml alone",
+        lambda i: (
+            i.keyword == "COPY"
+            and "pyproject.toml" in copy_sources(i)
+            and set(copy_sources(i)) <= DEPENDENCY_FILES
+        ),
+        "COPY of pyproject.toml with nothing but the constraints",
     )
     install = first(
         lambda i: i.keyword == "RUN" and "pip install" in i.arguments, "RUN pip install"
@@ -185,6 +190,28 @@ def test_test_extra_is_installed_before_any_code_is_copied(stages: dict[str, Sta
         for source in copy_sources(instruction)
     }
     assert copied_before <= DEPENDENCY_FILES, f"copied before the test extra: {copied_before}"
+
+
+def test_every_pip_install_uses_the_constraints_file(stages: dict[str, Stage]) -> None:
+    """Each `pip install` in the Dockerfile is constrained by constraints.txt, copied before it,
+    so the image gets the versions the tests passed with."""
+    unconstrained = []
+    for stage in stages.values():
+        instructions = stage.effective(stages)
+        for index, instruction in enumerate(instructions):
+            if instruction.keyword != "RUN":
+                continue
+            for command in re.split(r"&&|;|\|\|", instruction.arguments):
+                if "pip install" not in command:
+                    continue
+                if not re.search(r"(--constraint[ =]|-c )constraints\.txt(\s|$)", command):
+                    unconstrained.append(f"line {instruction.line}: {command.strip()}")
+                copied = any(
+                    earlier.keyword == "COPY" and "constraints.txt" in copy_sources(earlier)
+                    for earlier in instructions[:index]
+                )
+                assert copied, f"line {instruction.line}: constraints.txt is not copied yet"
+    assert unconstrained == []
 
 
 @pytest.mark.parametrize("stage", ["runtime", "test"])
@@ -327,7 +354,13 @@ def test_dockerignore_keeps_noise_and_secrets_out(path: str) -> None:
 def test_dockerignore_keeps_what_the_build_needs() -> None:
     """The files the image is built from stay in the build context."""
     patterns = read_dockerignore()
-    needed = ["pyproject.toml", "README.md", "actors/http.py", "tests/static/__init__.py"]
+    needed = [
+        "pyproject.toml",
+        "constraints.txt",
+        "README.md",
+        "actors/http.py",
+        "tests/static/__init__.py",
+    ]
     needed += [".env.example", "scripts/compose-test", "docker-compose.yml", "Dockerfile"]
     assert [path for path in needed if is_ignored(path, patterns)] == []
 
