@@ -8,12 +8,14 @@ Synopsis::
     compose = read_compose()                            # the parsed docker-compose.yml
     env = read_env_example()                            # [EnvEntry(name, value, comment, ...)]
     interpolate("${HTTP_PORT:-3000}")                   # "3000": defaults only, never os.environ
+    interpolate("${HTTP_PORT:-3000}", {"HTTP_PORT": "1"})  # "1": as compose with that .env
 """
 
 from __future__ import annotations
 
 import fnmatch
 import re
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -222,12 +224,23 @@ def read_compose(path: Path = COMPOSE_FILE) -> dict[str, Any]:
     return document
 
 
-_INTERPOLATION = re.compile(r"\$\{(?P<name>\w+)(?::?-(?P<default>[^}]*))?\}")
+_INTERPOLATION = re.compile(r"\$\{(?P<name>\w+)(?:(?P<colon>:?)-(?P<default>[^}]*))?\}")
 
 
-def interpolate(value: object) -> str:
-    """``value`` with every ``${VAR:-default}`` replaced by its default, as with no .env."""
-    return _INTERPOLATION.sub(lambda match: match.group("default") or "", str(value))
+def interpolate(value: object, variables: Mapping[str, str] | None = None) -> str:
+    """``value`` as compose fills it in from ``variables`` (its shell environment and .env),
+    none by default: ``${VAR:-default}`` gives the default when VAR is unset or empty,
+    ``${VAR-default}`` only when it is unset, ``${VAR}`` the empty string when unset."""
+    variables = variables or {}
+
+    def replace(match: re.Match[str]) -> str:
+        value = variables.get(match.group("name"))
+        default = match.group("default") or ""
+        if value is None or (match.group("colon") and value == ""):
+            return default
+        return value
+
+    return _INTERPOLATION.sub(replace, str(value))
 
 
 def service_environment(service: dict[str, Any]) -> dict[str, str]:

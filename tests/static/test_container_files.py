@@ -676,9 +676,11 @@ def test_kafka_advertises_kafka_29092_inside_and_localhost_9092_outside(
 
 
 def test_app_bootstraps_from_the_internal_listener(services: dict[str, Any]) -> None:
-    """Inside compose the app's KAFKA_BOOTSTRAP_SERVERS defaults to kafka:29092."""
+    """Inside compose the app's KAFKA_BOOTSTRAP_SERVERS is kafka:29092, whatever the host sets."""
     environment = service_environment(services["app"])
-    assert interpolate(environment["KAFKA_BOOTSTRAP_SERVERS"]) == "kafka:29092"
+    assert environment["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:29092"
+    host = {"KAFKA_BOOTSTRAP_SERVERS": "localhost:9092"}
+    assert interpolate(environment["KAFKA_BOOTSTRAP_SERVERS"], host) == "kafka:29092"
 
 
 def test_single_broker_replication_settings(services: dict[str, Any]) -> None:
@@ -696,14 +698,12 @@ def test_single_broker_replication_settings(services: dict[str, Any]) -> None:
 def test_app_environment_is_interpolated_with_the_settings_defaults(
     services: dict[str, Any],
 ) -> None:
-    """Each app variable is `${VAR:-default}` of its own name; defaults are SETTINGS' own."""
+    """Each app variable is `${VAR:-default}` of its own name with SETTINGS' default, except
+    KAFKA_BOOTSTRAP_SERVERS, fixed to the broker's address on the compose network."""
     environment = service_environment(services["app"])
-    expected_defaults = {**DEFAULTS, "KAFKA_BOOTSTRAP_SERVERS": "kafka:29092"}
-    wrong = {
-        name: value
-        for name, value in environment.items()
-        if value != f"${{{name}:-{expected_defaults.get(name)}}}"
-    }
+    expected = {name: f"${{{name}:-{default}}}" for name, default in DEFAULTS.items()}
+    expected["KAFKA_BOOTSTRAP_SERVERS"] = "kafka:29092"
+    wrong = {name: value for name, value in environment.items() if value != expected.get(name)}
     assert wrong == {}
 
 
