@@ -298,6 +298,32 @@ def parse_published_port(entry: object) -> tuple[str, int, int]:
     raise ValueError(f"a ports entry should publish host:container, got {entry!r}")
 
 
+# --- comments ---------------------------------------------------------------------------------
+
+_COMMENT = re.compile(r"(?:^|\s)#(?P<text>.*)$")
+_PATH = re.compile(r"\.?[\w-]+(?:\.[\w-]+)*(?:/[\w.-]+)*/?")
+#: What a name ends with when it cites a file, beside any name holding a ``/``.
+_CITED_SUFFIXES = {".md", ".yml", ".yaml", ".toml", ".txt", ".py", ".json", ".example"}
+
+
+def cited_paths(text: str) -> list[str]:
+    """The relative file paths cited in the ``#`` comments of ``text``: words with a ``/`` or
+    a file suffix such as ``.md``. Absolute paths, URLs, image references (``a/b:tag``),
+    globs, ``NAME=value`` and ``host:port`` words are left out."""
+    paths = []
+    for line in text.splitlines():
+        comment = _COMMENT.search(line)
+        if comment is None:
+            continue
+        for raw in comment.group("text").split():
+            word = raw.strip("`'\"()[]{},;").removesuffix("'s").rstrip(".:")
+            if not word or any(character in word for character in ":=$*<>|@") or word[0] == "/":
+                continue
+            if _PATH.fullmatch(word) and ("/" in word or Path(word).suffix in _CITED_SUFFIXES):
+                paths.append(word)
+    return paths
+
+
 # --- .env.example -----------------------------------------------------------------------------
 
 

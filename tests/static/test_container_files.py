@@ -30,8 +30,11 @@ from .container_files import (
     COMPOSE_SCHEMA,
     COMPOSE_TEST,
     DOCKERFILE,
+    DOCKERIGNORE,
+    ROOT,
     Instruction,
     Stage,
+    cited_paths,
     copy_sources,
     duration_ms,
     healthcheck_command,
@@ -430,6 +433,28 @@ def test_unit_and_static_tests_pass_with_only_the_test_images_files(
         timeout=120,
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+
+
+# --- comments cite files that exist ------------------------------------------------------------
+
+
+def test_cited_paths_finds_file_citations_only() -> None:
+    """Paths and file names count; image references, URLs, globs and settings do not."""
+    text = (
+        "# syntax=docker/dockerfile:1\n"
+        "# See docs/containers.md, `scripts/` and README.md's section; GET /health.\n"
+        "RUN echo not/a/comment  # pyproject.toml (project.readme)\n"
+        "# `**/` globs, PLAINTEXT://kafka:29092, APP_BUILD_TARGET=test, http://x.org/a.md\n"
+    )
+    assert cited_paths(text) == ["docs/containers.md", "scripts/", "README.md", "pyproject.toml"]
+
+
+@pytest.mark.parametrize("path", [DOCKERFILE, COMPOSE_FILE, DOCKERIGNORE], ids=lambda p: p.name)
+def test_files_cited_in_comments_exist(path: Path) -> None:
+    """Every relative file path a comment of the container files cites is in the repository."""
+    cited = cited_paths(path.read_text())
+    assert cited, f"{path.name}: no citation found (is the reader still working?)"
+    assert [cited_path for cited_path in cited if not (ROOT / cited_path).exists()] == []
 
 
 # --- the health probe, run for real ---------------------------------------------------------
