@@ -45,8 +45,15 @@ def _write_script(path: Path, text: str) -> Path:
 
 
 def _run(
-    tmp_path: Path, path: str, script: Path = COMPOSE_TEST, **variables: str
+    tmp_path: Path, path: str, env_file: str | None = None, **variables: str
 ) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """Run a copy of the script in a checkout of its own, with ``env_file`` as its .env (none
+    by default), so that a developer's own .env or .venv cannot change what it does."""
+    checkout = tmp_path / "checkout"
+    (checkout / "scripts").mkdir(parents=True)
+    script = Path(shutil.copy2(COMPOSE_TEST, checkout / "scripts"))
+    if env_file is not None:
+        (checkout / ".env").write_text(env_file)
     log = tmp_path / "calls.log"
     log.touch()
     environment = {
@@ -161,15 +168,6 @@ def test_takes_the_stack_down_when_it_does_not_become_healthy(tmp_path: Path) ->
     assert _compose_calls(calls)[-1].startswith("docker compose down -v")
 
 
-def _checkout_with_env_file(tmp_path: Path, env_file: str) -> Path:
-    """A copy of scripts/compose-test in a directory whose .env holds ``env_file``."""
-    checkout = tmp_path / "checkout"
-    (checkout / "scripts").mkdir(parents=True)
-    shutil.copy2(COMPOSE_TEST, checkout / "scripts")
-    (checkout / ".env").write_text(env_file)
-    return checkout / "scripts" / COMPOSE_TEST.name
-
-
 def _app_url(calls: list[str]) -> str:
     (pytest_call,) = [call for call in calls if call.startswith("python")]
     return pytest_call.split("APP_URL=")[1].split()[0]
@@ -190,11 +188,10 @@ def test_targets_the_port_compose_publishes(
     tmp_path: Path, env_file: str, shell: dict[str, str], expected: str
 ) -> None:
     """The tests go to the HTTP_PORT compose reads: the shell's, else .env's, else 3000."""
-    script = _checkout_with_env_file(tmp_path, env_file)
     result, calls = _run(
         tmp_path,
         _fake_docker_path(tmp_path),
-        script,
+        env_file,
         FAKE_COMPOSE="yes",
         FAKE_ENGINE="yes",
         **shell,
@@ -205,9 +202,12 @@ def test_targets_the_port_compose_publishes(
 
 def test_targets_the_env_example_port_when_copied_to_env(tmp_path: Path) -> None:
     """With .env a copy of .env.example the tests go to its HTTP_PORT (3000)."""
-    script = _checkout_with_env_file(tmp_path, ENV_EXAMPLE.read_text())
     result, calls = _run(
-        tmp_path, _fake_docker_path(tmp_path), script, FAKE_COMPOSE="yes", FAKE_ENGINE="yes"
+        tmp_path,
+        _fake_docker_path(tmp_path),
+        ENV_EXAMPLE.read_text(),
+        FAKE_COMPOSE="yes",
+        FAKE_ENGINE="yes",
     )
     assert result.returncode == 0, result.stderr
     assert _app_url(calls) == "http://localhost:3000"
