@@ -59,6 +59,8 @@ SHUTDOWN_TIMEOUT_MS = int(DEFAULTS["SHUTDOWN_TIMEOUT_MS"])
 CONSUMER_CLOSE_BOUND_MS = 5000
 ROOT_USERS = {"0", "root"}
 TRIVIAL_COMMANDS = {"", "true", "/bin/true", ":", "exit 0", "echo ok", "exit"}
+#: What the dependency layers may be built from: a change to anything else must not reinstall them.
+DEPENDENCY_FILES = {"pyproject.toml", "constraints.txt"}
 
 
 def _tool(name: str) -> str:
@@ -168,10 +170,6 @@ def test_dependencies_are_installed_in_their_own_layer_before_the_code(
         "RUN pip install . (the package)",
     )
     assert copy_pyproject < install < copy_code < install_package
-
-
-#: What the dependency layers may be built from: a change to anything else must not reinstall them.
-DEPENDENCY_FILES = {"pyproject.toml", "constraints.txt"}
 
 
 def test_test_extra_is_installed_before_any_code_is_copied(stages: dict[str, Stage]) -> None:
