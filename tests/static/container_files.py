@@ -4,16 +4,19 @@ Synopsis::
 
     stages = read_dockerfile(ROOT / "Dockerfile")       # {"base": Stage(...), ...}
     stages["runtime"].effective(stages)                 # instructions, inherited ones first
+    image_files(stages, "test")                         # {"/app/README.md": ROOT/"README.md", ...}
     compose = read_compose()                            # the parsed docker-compose.yml
     env = read_env_example()                            # [EnvEntry(name, value, comment, ...)]
     interpolate("${HTTP_PORT:-3000}")                   # "3000": defaults only, never os.environ
+    interpolate("${HTTP_PORT:-3000}", {"HTTP_PORT": "1"})  # "1": as compose with that .env
 """
 
 from __future__ import annotations
 
 import fnmatch
 import re
-from pathlib import Path
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import attrs
@@ -122,6 +125,55 @@ def copy_sources(instruction: Instruction) -> list[str]:
     return words[:-1]
 
 
+def build_chain(stages: dict[str, Stage], target: str) -> list[Stage]:
+    """The stages a build of ``target`` goes through, the first FROM of an image first."""
+    chain = [stages[target]]
+    while chain[0].parent in stages:
+        chain.insert(0, stages[chain[0].parent])
+    return chain
+
+
+def image_files(
+    stages: dict[str, Stage], target: str, context: Path = ROOT
+) -> dict[PurePosixPath, Path]:
+    """Every file the COPY and ADD lines of ``target``'s build chain take from ``context``, as
+    ``{path in the image: path in the context}``, with ``.dockerignore``'s exclusions applied.
+
+    Follows Docker's rules for local sources: a directory's contents (not the directory itself)
+    go into the destination; a file goes to the destination, or into it when the destination
+    ends with ``/`` or there are several sources; a relative destination is resolved against the
+    WORKDIR in force. ``--from`` copies are left out (they take nothing from the context);
+    wildcards and URLs raise ValueError.
+    """
+    patterns = read_dockerignore(context / ".dockerignore")
+    workdir = PurePosixPath("/")
+    files: dict[PurePosixPath, Path] = {}
+    for stage in build_chain(stages, target):
+        for instruction in stage.instructions:
+            if instruction.keyword == "WORKDIR":
+                workdir = workdir / instruction.arguments.strip()
+            if instruction.keyword not in {"COPY", "ADD"} or "--from" in instruction.arguments:
+                continue
+            words = [word for word in instruction.arguments.split() if not word.startswith("--")]
+            sources, destination = words[:-1], words[-1]
+            target_path = workdir / destination
+            into = destination.endswith("/") or len(sources) > 1
+            for source in sources:
+                if any(character in source for character in "*?[") or "://" in source:
+                    raise ValueError(f"line {instruction.line}: unsupported source {source!r}")
+                path = context / source
+                if path.is_dir():
+                    for file in sorted(path.rglob("*")):
+                        relative = file.relative_to(context).as_posix()
+                        if file.is_file() and not is_ignored(relative, patterns):
+                            files[target_path / file.relative_to(path).as_posix()] = file
+                elif path.is_file() and not is_ignored(source, patterns):
+                    files[target_path / path.name if into else target_path] = path
+                else:
+                    raise ValueError(f"line {instruction.line}: {source!r} is not in the context")
+    return files
+
+
 # --- .dockerignore ----------------------------------------------------------------------------
 
 
@@ -172,12 +224,23 @@ def read_compose(path: Path = COMPOSE_FILE) -> dict[str, Any]:
     return document
 
 
-_INTERPOLATION = re.compile(r"\$\{(?P<name>\w+)(?::?-(?P<default>[^}]*))?\}")
+_INTERPOLATION = re.compile(r"\$\{(?P<name>\w+)(?:(?P<colon>:?)-(?P<default>[^}]*))?\}")
 
 
-def interpolate(value: object) -> str:
-    """``value`` with every ``${VAR:-default}`` replaced by its default, as with no .env."""
-    return _INTERPOLATION.sub(lambda match: match.group("default") or "", str(value))
+def interpolate(value: object, variables: Mapping[str, str] | None = None) -> str:
+    """``value`` as compose fills it in from ``variables`` (its shell environment and .env),
+    none by default: ``${VAR:-default}`` gives the default when VAR is unset or empty,
+    ``${VAR-default}`` only when it is unset, ``${VAR}`` the empty string when unset."""
+    variables = variables or {}
+
+    def replace(match: re.Match[str]) -> str:
+        value = variables.get(match.group("name"))
+        default = match.group("default") or ""
+        if value is None or (match.group("colon") and value == ""):
+            return default
+        return value
+
+    return _INTERPOLATION.sub(replace, str(value))
 
 
 def service_environment(service: dict[str, Any]) -> dict[str, str]:
@@ -233,6 +296,32 @@ def parse_published_port(entry: object) -> tuple[str, int, int]:
     if len(parts) == 2:
         return "", int(parts[0]), int(parts[1])
     raise ValueError(f"a ports entry should publish host:container, got {entry!r}")
+
+
+# --- comments ---------------------------------------------------------------------------------
+
+_COMMENT = re.compile(r"(?:^|\s)#(?P<text>.*)$")
+_PATH = re.compile(r"\.?[\w-]+(?:\.[\w-]+)*(?:/[\w.-]+)*/?")
+#: What a name ends with when it cites a file, beside any name holding a ``/``.
+_CITED_SUFFIXES = {".md", ".yml", ".yaml", ".toml", ".txt", ".py", ".json", ".example"}
+
+
+def cited_paths(text: str) -> list[str]:
+    """The relative file paths cited in the ``#`` comments of ``text``: words with a ``/`` or
+    a file suffix such as ``.md``. Absolute paths, URLs, image references (``a/b:tag``),
+    globs, ``NAME=value`` and ``host:port`` words are left out."""
+    paths = []
+    for line in text.splitlines():
+        comment = _COMMENT.search(line)
+        if comment is None:
+            continue
+        for raw in comment.group("text").split():
+            word = raw.strip("`'\"()[]{},;").removesuffix("'s").rstrip(".:")
+            if not word or any(character in word for character in ":=$*<>|@") or word[0] == "/":
+                continue
+            if _PATH.fullmatch(word) and ("/" in word or Path(word).suffix in _CITED_SUFFIXES):
+                paths.append(word)
+    return paths
 
 
 # --- .env.example -----------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .container_files import COMPOSE_TEST
+from .container_files import COMPOSE_TEST, ENV_EXAMPLE
 
 BASH = shutil.which("bash")
 pytestmark = pytest.mark.skipif(BASH is None, reason="bash is not installed")
@@ -45,8 +45,15 @@ def _write_script(path: Path, text: str) -> Path:
 
 
 def _run(
-    tmp_path: Path, path: str, **variables: str
+    tmp_path: Path, path: str, env_file: str | None = None, **variables: str
 ) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """Run a copy of the script in a checkout of its own, with ``env_file`` as its .env (none
+    by default), so that a developer's own .env or .venv cannot change what it does."""
+    checkout = tmp_path / "checkout"
+    (checkout / "scripts").mkdir(parents=True)
+    script = Path(shutil.copy2(COMPOSE_TEST, checkout / "scripts"))
+    if env_file is not None:
+        (checkout / ".env").write_text(env_file)
     log = tmp_path / "calls.log"
     log.touch()
     environment = {
@@ -58,7 +65,7 @@ def _run(
     }
     assert BASH is not None
     result = subprocess.run(
-        [BASH, str(COMPOSE_TEST), "-k", "smoke"],
+        [BASH, str(script), "-k", "smoke"],
         env=environment,
         capture_output=True,
         text=True,
@@ -159,3 +166,48 @@ def test_takes_the_stack_down_when_it_does_not_become_healthy(tmp_path: Path) ->
     assert result.returncode == 1
     assert not any(call.startswith("python") for call in calls)
     assert _compose_calls(calls)[-1].startswith("docker compose down -v")
+
+
+def _app_url(calls: list[str]) -> str:
+    (pytest_call,) = [call for call in calls if call.startswith("python")]
+    return pytest_call.split("APP_URL=")[1].split()[0]
+
+
+@pytest.mark.parametrize(
+    ("env_file", "shell", "expected"),
+    [
+        ("HTTP_PORT=3456\n", {}, "http://localhost:3456"),
+        ("# a comment\nexport HTTP_PORT='3456' # the app's port\n", {}, "http://localhost:3456"),
+        ("HTTP_PORT=3456\n", {"HTTP_PORT": "4567"}, "http://localhost:4567"),
+        ("HTTP_PORT=\n", {}, "http://localhost:3000"),
+        ("LOG_LEVEL=DEBUG\n", {}, "http://localhost:3000"),
+    ],
+    ids=["env-file", "quoted-exported", "shell-wins", "empty", "unset"],
+)
+def test_targets_the_port_compose_publishes(
+    tmp_path: Path, env_file: str, shell: dict[str, str], expected: str
+) -> None:
+    """The tests go to the HTTP_PORT compose reads: the shell's, else .env's, else 3000."""
+    result, calls = _run(
+        tmp_path,
+        _fake_docker_path(tmp_path),
+        env_file,
+        FAKE_COMPOSE="yes",
+        FAKE_ENGINE="yes",
+        **shell,
+    )
+    assert result.returncode == 0, result.stderr
+    assert _app_url(calls) == expected
+
+
+def test_targets_the_env_example_port_when_copied_to_env(tmp_path: Path) -> None:
+    """With .env a copy of .env.example the tests go to its HTTP_PORT (3000)."""
+    result, calls = _run(
+        tmp_path,
+        _fake_docker_path(tmp_path),
+        ENV_EXAMPLE.read_text(),
+        FAKE_COMPOSE="yes",
+        FAKE_ENGINE="yes",
+    )
+    assert result.returncode == 0, result.stderr
+    assert _app_url(calls) == "http://localhost:3000"

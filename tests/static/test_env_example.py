@@ -10,7 +10,7 @@ import collections
 
 from actors.settings import SETTINGS
 
-from .container_files import read_compose, read_env_example, service_environment
+from .container_files import interpolate, read_compose, read_env_example, service_environment
 
 SETTING_NAMES = {setting.variable for setting in SETTINGS}
 
@@ -72,3 +72,28 @@ def test_compose_app_environment_names_every_setting_and_nothing_else() -> None:
     """The app's environment in docker-compose.yml sets exactly the variables of SETTINGS."""
     names = set(service_environment(read_compose()["services"]["app"]))
     assert names == SETTING_NAMES, _difference(names, "docker-compose.yml app environment")
+
+
+def test_compose_started_with_env_example_as_env_gives_the_app_its_defaults() -> None:
+    """With .env a copy of .env.example, compose gives the app each SETTINGS default and the
+    broker's in-network address kafka:29092 (not .env.example's host-side localhost:9092)."""
+    dot_env = {entry.name: entry.value for entry in read_env_example()}
+    environment = service_environment(read_compose()["services"]["app"])
+    effective = {name: interpolate(value, dot_env) for name, value in environment.items()}
+    assert effective["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:29092"
+    defaults = {setting.variable: setting.default for setting in SETTINGS}
+    wrong = {
+        name: (value, defaults[name])
+        for name, value in effective.items()
+        if name != "KAFKA_BOOTSTRAP_SERVERS" and value != defaults[name]
+    }
+    assert wrong == {}, "variable: (value in the app's container, SETTINGS default)"
+
+
+def test_interpolation_follows_compose() -> None:
+    """The helper fills in values as compose does: `:-` on unset or empty, `-` on unset only."""
+    variables = {"SET": "x", "EMPTY": ""}
+    assert interpolate("${SET:-d} ${EMPTY:-d} ${UNSET:-d}", variables) == "x d d"
+    assert interpolate("${SET-d} ${EMPTY-d} ${UNSET-d}", variables) == "x  d"
+    assert interpolate("${SET} ${UNSET}", variables) == "x "
+    assert interpolate("${SET:-d}") == "d"
