@@ -60,6 +60,9 @@ BODY_READ_SECONDS = 30.0
 
 _JSON_TYPES = ("application/json",)
 
+#: ``json.dumps`` separators without spaces.
+COMPACT = (",", ":")
+
 
 @attrs.frozen(kw_only=True)
 class HttpOptions:
@@ -73,7 +76,8 @@ class HttpOptions:
 def json_response(
     body: bytes | dict[str, Any] | list[Any], status: int, headers: dict[str, str] | None = None
 ) -> Response:
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    # Compact, like the event bodies (events.py): one JSON style in every answer.
+    data = body if isinstance(body, bytes) else json.dumps(body, separators=COMPACT).encode()
     return Response(data, status=status, mimetype="application/json", headers=headers)
 
 
@@ -163,6 +167,10 @@ def create_app(
 
     @app.after_request
     async def log_request(response: Response) -> Response:
+        if request.method == "OPTIONS" and response.status_code == 200:
+            # quart's automatic answer is an empty text/html 200; the Allow header is the
+            # whole answer, so say so with 204.
+            response = Response(b"", status=204, headers={"Allow": response.headers["Allow"]})
         log_fields(
             access_log,
             logging.INFO,

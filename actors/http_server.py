@@ -64,7 +64,8 @@ REFUSAL_SECONDS = 1.0
 RESERVED_DESCRIPTORS = 128
 
 _REFUSAL_BODY = json.dumps(
-    {"error": "too_many_connections", "message": "the service has too many open connections"}
+    {"error": "too_many_connections", "message": "the service has too many open connections"},
+    separators=(",", ":"),
 ).encode()
 
 #: The whole answer to a connection over the cap: written before its request is read.
@@ -312,7 +313,8 @@ class ServerGuard:
 
 
 _NO_WEBSOCKET = json.dumps(
-    {"error": "not_found", "message": "the service has no WebSocket endpoint"}
+    {"error": "not_found", "message": "the service has no WebSocket endpoint"},
+    separators=(",", ":"),
 ).encode()
 
 

@@ -630,3 +630,27 @@ async def test_415_is_about_the_content_type_and_400_about_the_body() -> None:
         )
     assert not_json.status_code == 400
     assert wrong_type.status_code == 415
+
+
+async def test_every_json_answer_is_compact_like_the_events() -> None:
+    """Health, errors and the OpenAPI document use the events' compact separators."""
+    async with serving() as service:
+        answers = [
+            await service.client.get("/health"),
+            await service.client.get("/nowhere"),
+            await post_event(service, b"{}"),
+            await service.client.get("/openapi.json"),
+        ]
+        texts = [await answer.get_data(as_text=True) for answer in answers]
+    for text in texts:
+        assert text == json.dumps(json.loads(text), separators=(",", ":"))
+
+
+async def test_options_is_204_with_allow_and_no_body() -> None:
+    """OPTIONS on a route answers 204 with the route's methods in Allow and an empty body."""
+    async with serving() as service:
+        response = await service.client.options("/events/generate")
+        body = await response.get_data()
+    assert response.status_code == 204
+    assert body == b""
+    assert {"POST", "OPTIONS"} <= {m.strip() for m in response.headers["Allow"].split(",")}
