@@ -340,7 +340,6 @@ async def _deny_websocket(scope: Any, receive: Any, send: Any) -> None:
 
 def hypercorn_config(options: ServerOptions) -> HypercornConfig:
     config = HypercornConfig()
-    config.bind = [f"{options.host}:{options.port}"]
     config.keep_alive_timeout = options.keep_alive_timeout
     config.graceful_timeout = options.graceful_timeout
     config.accesslog = None  # one structured line per request is logged by the app itself

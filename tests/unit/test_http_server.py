@@ -13,7 +13,7 @@ import errno
 import itertools
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import attrs
@@ -23,6 +23,7 @@ import h2.events
 import pytest
 import trio
 import trio.testing
+from http_wire import exchange, frozen
 from quart_trio import QuartTrio
 
 from actors.http_server import (
@@ -46,16 +47,6 @@ def ping_app() -> QuartTrio:
         return {"pong": True}
 
     return app
-
-
-@contextlib.contextmanager
-def frozen(clock: trio.testing.MockClock) -> Iterator[None]:
-    """Virtual time stands still while real bytes travel."""
-    clock.autojump_threshold = float("inf")
-    try:
-        yield
-    finally:
-        clock.autojump_threshold = 0
 
 
 @attrs.define
@@ -104,31 +95,6 @@ async def served(
         finally:
             stop.set()
             await client.close_all()
-
-
-async def exchange(
-    clock: trio.testing.MockClock, stream: trio.SocketStream, request: bytes
-) -> bytes:
-    """Send ``request`` and read one response (by its Content-Length), in frozen time."""
-    with frozen(clock):
-        await stream.send_all(request)
-        response = b""
-        while not _complete(response):
-            chunk = await stream.receive_some()
-            assert chunk, f"closed mid-response: {response!r}"
-            response += chunk
-    return response
-
-
-def _complete(response: bytes) -> bool:
-    head, separator, body = response.partition(b"\r\n\r\n")
-    if not separator:
-        return False
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            return len(body) >= int(value)
-    raise AssertionError(f"no content-length: {head!r}")
 
 
 async def seconds_until_closed(stream: trio.SocketStream) -> float:

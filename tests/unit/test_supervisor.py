@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import itertools
 import json
-import math
 import re
 import socket
 from collections.abc import Callable
@@ -21,6 +20,7 @@ import pytest
 import trio
 import trio.testing
 from fakes import FakeConsumer, FakeProducer, FakeTopics, RecordingHealth, fake_ports
+from http_wire import body_of, exchange, frozen
 
 from actors.backoff import Backoff, no_jitter
 from actors.health import ActorState, Health
@@ -218,7 +218,6 @@ async def http_get(
     bytes travel."""
     match = re.fullmatch(r"http://([\d.]+):(\d+)", bind)
     assert match is not None
-    clock.autojump_threshold = math.inf
     if post is None:
         request = f"GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n".encode()
     else:
@@ -226,45 +225,12 @@ async def http_get(
             f"POST {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(post)}\r\n\r\n"
         ).encode() + post
-    try:
-        async with await trio.open_tcp_stream(match[1], int(match[2])) as stream:
-            await stream.send_all(request)
-            response = b""
-            # Read by Content-Length: hypercorn may keep the socket open after the response.
-            while not _complete(response):
-                chunk = await stream.receive_some()
-                assert chunk, f"connection closed mid-response: {response!r}"
-                response += chunk
-    finally:
-        clock.autojump_threshold = 0
-    head, _, body = response.partition(b"\r\n\r\n")
-    status = int(head.split()[1])
-    if re.search(rb"(?im)^transfer-encoding:\s*chunked\s*$", head):
-        body = _dechunk(body)
-    return status, json.loads(body)
-
-
-def _complete(response: bytes) -> bool:
-    head, separator, body = response.partition(b"\r\n\r\n")
-    if not separator:
-        return False
-    if re.search(rb"(?im)^transfer-encoding:\s*chunked\s*$", head):
-        return body.endswith(b"0\r\n\r\n")
-    length = re.search(rb"(?im)^content-length:\s*(\d+)\s*$", head)
-    assert length is not None, head
-    return len(body) >= int(length[1])
-
-
-def _dechunk(body: bytes) -> bytes:
-    """The payload of a chunked body (a streamed listing)."""
-    data = b""
-    while True:
-        size_line, _, rest = body.partition(b"\r\n")
-        size = int(size_line.split(b";")[0], 16)
-        if size == 0:
-            return data
-        data += rest[:size]
-        body = rest[size + 2 :]
+    with frozen(clock):
+        stream = await trio.open_tcp_stream(match[1], int(match[2]))
+    async with stream:
+        response = await exchange(clock, stream, request)
+    status = int(response.split(maxsplit=2)[1])
+    return status, json.loads(body_of(response))
 
 
 async def start_service(
