@@ -12,14 +12,15 @@ import logging
 import os
 import sys
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 import trio
 
-from actors.local_broker import LocalBrokerError, start_local_broker
-from actors.logs import configure_logging, log_fields
-from actors.settings import SETTINGS, SettingsError, load_settings
+from actors.devtools.local_broker import LocalBrokerError, start_local_broker
+from actors.kafka.ports import KafkaPorts
+from actors.runtime.logs import configure_logging, log_fields
+from actors.runtime.settings import SETTINGS, Settings, SettingsError, load_settings
 from actors.supervisor import supervise
 
 log = logging.getLogger("actors")
@@ -71,7 +72,16 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    kafka_ports: Callable[[Settings], KafkaPorts] | None = None,
+) -> int:
+    """Run the service as ``python -m actors`` does; returns the exit status.
+
+    ``kafka_ports`` replaces the confluent-kafka adapters (built from the final settings, after
+    ``--local-broker``): the seam through which a test wraps the real clients to inject faults.
+    """
     arguments = parse_arguments(argv)
     try:
         settings = load_settings(os.environ)
@@ -93,7 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             log, logging.INFO, "local broker started", bootstrapServers=broker.bootstrap_servers
         )
     try:
-        return trio.run(supervise, settings)
+        ports = kafka_ports(settings) if kafka_ports is not None else None
+        return trio.run(supervise, settings, ports)
     except Exception:
         log.critical("service crashed", exc_info=True)
         return 1

@@ -18,12 +18,9 @@ from collections.abc import Callable
 
 import trio
 
-from actors.backoff import Backoff
-from actors.events import Limits, MalformedEvent, UserEvent, decode_event
-from actors.health import ActorState, Health
-from actors.logs import log_fields
-from actors.messages import Put, PutOutcome, StoreCommand, Stored
-from actors.ports import (
+from actors.domain.events import Limits, MalformedEvent, UserEvent, decode_event
+from actors.domain.messages import Put, PutOutcome, StoreCommand, Stored
+from actors.kafka.ports import (
     ConsumerPort,
     DeliveryReport,
     KafkaFailure,
@@ -31,7 +28,10 @@ from actors.ports import (
     ProducerPort,
     Record,
 )
-from actors.replacement import ReplacingProducer
+from actors.kafka.replacement import ReplacingProducer
+from actors.runtime.backoff import Backoff
+from actors.runtime.health import ActorState, Health
+from actors.runtime.logs import log_fields
 
 __all__ = ["CONSUME_TIMEOUT", "run_consumer"]
 
@@ -123,7 +123,8 @@ class _DeadLetters:
 
     A record's offset is stored only after this returns, so a poison message is never lost:
     while the dead-letter topic cannot be written, consumption waits and retries. A producer
-    that can no longer deliver is replaced (see :class:`~actors.replacement.ReplacingProducer`);
+    that can no longer deliver is replaced (see
+    :class:`~actors.kafka.replacement.ReplacingProducer`);
     its failures come back retriable, so the record is retried whole on the new one rather than
     written without its value or skipped.
     """

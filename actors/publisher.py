@@ -2,14 +2,14 @@
 
 It drains its inbox, hands each event to the producer (key = userId, so one user's events stay
 in order on one partition) and answers each request from the broker's delivery report:
-:class:`~actors.messages.Published` only once the broker acknowledged the write, which is what
-lets the HTTP actor promise that every ``201`` is on the topic.
+:class:`~actors.domain.messages.Published` only once the broker acknowledged the write,
+which is what lets the HTTP actor promise that every ``201`` is on the topic.
 
 Two tasks share the producer: *intake* (``produce`` never blocks; a full local queue makes it
 wait, which in turn fills the inbox, which the HTTP actor turns into ``503``) and the *pump*
 (``poll`` in the worker thread, then settle the reports it collected).
 
-The producer is a :class:`~actors.replacement.ReplacingProducer`: a client that can no longer
+The producer is a :class:`~actors.kafka.replacement.ReplacingProducer`: a client that can no longer
 deliver (fenced after a broker stall, a lost producer id, a fatal error, or every delivery failing
 for ``replace_producer_after`` seconds) is replaced inside this actor, and the requests caught in
 it are retried on the new one or answered retriable (503). A supervisor restart would do the
@@ -27,12 +27,12 @@ import attrs
 import trio
 from trio_util import AsyncValue
 
-from actors.backoff import Backoff
-from actors.health import ActorState, Health
-from actors.logs import log_fields
-from actors.messages import Published, PublishFailed, PublishOutcome, PublishRequest, reply
-from actors.ports import DeliveryReport, KafkaFailure, Placed, ProduceRejected, ProducerPort
-from actors.replacement import ReplacingProducer
+from actors.domain.messages import Published, PublishFailed, PublishOutcome, PublishRequest, reply
+from actors.kafka.ports import DeliveryReport, KafkaFailure, Placed, ProduceRejected, ProducerPort
+from actors.kafka.replacement import ReplacingProducer
+from actors.runtime.backoff import Backoff
+from actors.runtime.health import ActorState, Health
+from actors.runtime.logs import log_fields
 
 __all__ = ["PUMP_INTERVAL", "run_publisher"]
 
@@ -206,7 +206,7 @@ async def run_publisher(
     """Publish requests from ``inbox`` until it is closed, then finish what was accepted.
 
     ``open_producer`` is called at start and again whenever the client has to be replaced
-    (see :class:`~actors.replacement.ReplacingProducer`; ``replace_producer_after`` seconds of
+    (see :class:`~actors.kafka.replacement.ReplacingProducer`; ``replace_producer_after`` seconds of
     nothing but failed deliveries is one reason); ``backoff`` paces retries and replacements.
 
     The supervisor owns ``inbox`` (so a restarted publisher carries on with the same one);

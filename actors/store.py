@@ -25,9 +25,7 @@ import logging
 
 import trio
 
-from actors.health import ActorState, Health
-from actors.logs import log_fields
-from actors.messages import (
+from actors.domain.messages import (
     Duplicate,
     EventsPage,
     Put,
@@ -37,6 +35,8 @@ from actors.messages import (
     Stored,
     reply,
 )
+from actors.runtime.health import ActorState, Health
+from actors.runtime.logs import log_fields
 
 __all__ = ["EVENT_OVERHEAD_BYTES", "ProcessedEvents", "run_store"]
 

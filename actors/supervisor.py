@@ -18,38 +18,30 @@ window end the service with an error so that an orchestrator can restart the pro
 
 from __future__ import annotations
 
-import collections
 import logging
-import signal
 import sys
-from collections.abc import Awaitable, Callable
 from functools import partial
 
-import attrs
 import trio
 from trio_util import move_on_when
 
-from actors.backoff import Backoff
 from actors.consumer import run_consumer
-from actors.events import Limits
-from actors.health import ActorState, Health
-from actors.http import HttpOptions, create_app, run_http
-from actors.http_server import BindError, ServerOptions
-from actors.logs import log_fields
-from actors.messages import PublishRequest, StoreCommand
-from actors.ports import ConsumerPort, ProducerPort
+from actors.domain.events import Limits
+from actors.domain.messages import PublishRequest, StoreCommand
+from actors.http.app import HttpOptions, create_app, run_http
+from actors.http.server import BindError, ServerOptions
+from actors.kafka.ports import KafkaPorts
+from actors.kafka.topics import ensure_topics
 from actors.publisher import run_publisher
-from actors.settings import Settings
+from actors.runtime.backoff import Backoff
+from actors.runtime.health import ActorState, Health
+from actors.runtime.logs import log_fields
+from actors.runtime.settings import Settings
+from actors.runtime.signals import watch_signals
+from actors.runtime.supervision import RestartPolicy, TooManyRestarts, innermost, supervise_actor
 from actors.store import run_store
 
-__all__ = [
-    "ACTORS",
-    "KafkaPorts",
-    "RestartPolicy",
-    "TooManyRestarts",
-    "run_service",
-    "supervise",
-]
+__all__ = ["ACTORS", "run_service", "supervise"]
 
 log = logging.getLogger(__name__)
 
@@ -58,128 +50,6 @@ ACTORS = ("store", "consumer", "publisher", "http")
 #: Room in the store's inbox; the consumer waits on each Put, so this only absorbs bursts of
 #: listings and puts arriving together.
 STORE_INBOX_SIZE = 64
-
-
-class TooManyRestarts(Exception):
-    """An actor failed more often than the restart policy allows."""
-
-
-@attrs.frozen(kw_only=True)
-class RestartPolicy:
-    """Restart with ``backoff``; give up after ``max_failures`` within ``window`` seconds."""
-
-    backoff: Backoff
-    max_failures: int
-    window: float
-
-
-@attrs.frozen(kw_only=True)
-class KafkaPorts:
-    """How the actors get their Kafka clients; unit tests pass in-memory ones."""
-
-    open_producer: Callable[[], ProducerPort]
-    open_consumer: Callable[[], ConsumerPort]
-    create_topic: Callable[[str], Awaitable[bool]]
-
-
-def kafka_ports(settings: Settings) -> KafkaPorts:
-    """Ports backed by confluent-kafka, built from ``settings``."""
-    from actors import kafka  # the only importer of confluent_kafka; tests can avoid it
-
-    return KafkaPorts(
-        open_producer=lambda: kafka.KafkaProducer(kafka.producer_config(settings)),
-        open_consumer=lambda: kafka.KafkaConsumer(kafka.consumer_config(settings), settings.topic),
-        create_topic=partial(kafka.create_topic, settings),
-    )
-
-
-async def supervise_actor(
-    name: str,
-    actor: Callable[..., Awaitable[None]],
-    *,
-    policy: RestartPolicy,
-    health: Health,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Run ``actor`` and restart it when it fails, until it returns normally.
-
-    ``task_status.started()`` is reported once, when the first incarnation has started.
-
-    Raises:
-        TooManyRestarts: after ``policy.max_failures`` failures within ``policy.window``.
-    """
-    failures: collections.deque[float] = collections.deque()
-    started = False
-    while True:
-        try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(actor)
-                if not started:
-                    started = True
-                    task_status.started()
-        except Exception as failure:
-            error = _innermost(failure)
-            now = trio.current_time()
-            failures.append(now)
-            while failures and failures[0] <= now - policy.window:
-                failures.popleft()
-            giving_up = len(failures) >= policy.max_failures
-            delay = policy.backoff.delay(len(failures))
-            log.exception(
-                "actor %s failed",
-                name,
-                exc_info=error,
-                extra={
-                    "structured_fields": {
-                        "actor": name,
-                        "failures": len(failures),
-                        "retryIn": None if giving_up else round(delay, 3),
-                    }
-                },
-            )
-            if giving_up:
-                raise TooManyRestarts(
-                    f"{name} failed {len(failures)} times within {policy.window:g} s"
-                ) from error
-            health.report(
-                name, ActorState.RESTARTING, f"{type(error).__name__}; retry in {delay:.2f} s"
-            )
-            await trio.sleep(delay)
-        else:
-            return
-
-
-def _innermost(error: Exception) -> Exception:
-    """The actor's own error, out of the single-member groups that nurseries wrap it in."""
-    while isinstance(error, ExceptionGroup) and len(error.exceptions) == 1:
-        error = error.exceptions[0]
-    return error
-
-
-async def ensure_topics(settings: Settings, ports: KafkaPorts, backoff: Backoff) -> None:
-    """Create the topic (and the dead-letter topic) if missing, retrying until the broker
-    answers: without the topic the consumer cannot subscribe."""
-    names = [settings.topic] + ([settings.dlq_topic] if settings.dlq_topic else [])
-    for name in names:
-        attempt = 1
-        while True:
-            try:
-                created = await ports.create_topic(name)
-                break
-            except Exception as error:  # noqa: BLE001 - any refusal is retried, loudly
-                delay = backoff.delay(attempt)
-                log_fields(
-                    log,
-                    logging.WARNING,
-                    "broker not reachable; retrying",
-                    bootstrapServers=settings.bootstrap_servers,
-                    topic=name,
-                    reason=str(error),
-                    retryIn=round(delay, 2),
-                )
-                attempt += 1
-                await trio.sleep(delay)
-        log_fields(log, logging.INFO, "topic ready", topic=name, created=created)
 
 
 async def run_service(
@@ -296,7 +166,12 @@ async def run_service(
                     # NOTE: HTTP answers (503 naming the broker) while the broker is awaited,
                     # and a stop during the wait ends start-up at once.
                     async with move_on_when(stop.wait):
-                        await ensure_topics(settings, ports, publish_backoff)
+                        await ensure_topics(
+                            [settings.topic, *filter(None, [settings.dlq_topic])],
+                            create_topic=ports.create_topic,
+                            backoff=publish_backoff,
+                            bootstrap_servers=settings.bootstrap_servers,
+                        )
                     if not stop.is_set():
                         await consumer_nursery.start(supervised, "consumer", consumer)
                         await publisher_nursery.start(supervised, "publisher", publisher)
@@ -311,25 +186,6 @@ async def run_service(
     log_fields(log, logging.INFO, "shutdown complete")
 
 
-async def _watch_signals(stop: trio.Event, service: trio.CancelScope, deadline: float) -> None:
-    """First SIGTERM/SIGINT: graceful stop with a deadline. Second: stop now."""
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            if not stop.is_set():
-                log_fields(
-                    log,
-                    logging.INFO,
-                    "shutdown requested",
-                    signal=signal.Signals(signum).name,
-                    deadlineSeconds=deadline,
-                )
-                stop.set()
-                service.deadline = trio.current_time() + deadline
-            else:
-                log_fields(log, logging.WARNING, "second signal; stopping at once")
-                service.cancel()
-
-
 async def supervise(settings: Settings, ports: KafkaPorts | None = None) -> int:
     """The service's whole life, from start-up to the end of shutdown; returns an exit status.
 
@@ -340,20 +196,27 @@ async def supervise(settings: Settings, ports: KafkaPorts | None = None) -> int:
     service = trio.CancelScope()
     status = 0
     async with trio.open_nursery() as root:
-        root.start_soon(_watch_signals, stop, service, settings.shutdown_timeout_ms / 1000)
+        root.start_soon(watch_signals, stop, service, settings.shutdown_timeout_ms / 1000)
         with service:
             try:
-                await run_service(settings, stop=stop, ports=ports or kafka_ports(settings))
+                await run_service(settings, stop=stop, ports=ports or _kafka_ports(settings))
             except* BindError as group:
                 # A configuration error like any other: one line naming the variable, status 2.
-                print(f"configuration error: {_innermost(group)}", file=sys.stderr)
+                print(f"configuration error: {innermost(group)}", file=sys.stderr)
                 status = 2
             except* TooManyRestarts as group:
                 for error in group.exceptions:
-                    log_fields(log, logging.CRITICAL, "giving up", reason=str(_innermost(error)))
+                    log_fields(log, logging.CRITICAL, "giving up", reason=str(innermost(error)))
                 status = 1
         if service.cancelled_caught:
             log_fields(log, logging.ERROR, "shutdown deadline exceeded; remaining work cancelled")
             status = 1
         root.cancel_scope.cancel()
     return status
+
+
+def _kafka_ports(settings: Settings) -> KafkaPorts:
+    """The confluent-kafka adapters, imported only when used: unit tests never load them."""
+    from actors.kafka.adapters import kafka_ports
+
+    return kafka_ports(settings)

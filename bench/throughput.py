@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from actors.local_broker import free_port, local_broker
+from actors.devtools.local_broker import free_port, local_broker
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -28,9 +28,8 @@ import attrs
 import trio
 from trio_util import AsyncValue
 
-from actors.health import ActorState, Health
-from actors.ports import DeliveryReport, Headers, KafkaFailure, Placed, Record
-from actors.supervisor import KafkaPorts
+from actors.kafka.ports import DeliveryReport, Headers, KafkaFailure, KafkaPorts, Placed, Record
+from actors.runtime.health import ActorState, Health
 
 T = TypeVar("T")
 
@@ -88,11 +87,11 @@ class _Pending:
 
 
 class FakeProducer:
-    """A :class:`~actors.ports.ProducerPort` in memory.
+    """A :class:`~actors.kafka.ports.ProducerPort` in memory.
 
     Every accepted message gets its delivery report ``delivery_latency`` seconds later: a
-    :class:`~actors.ports.Placed` at the next offset of ``partition``, or the scripted
-    :class:`~actors.ports.KafkaFailure`. :meth:`poll` hands ready reports to their
+    :class:`~actors.kafka.ports.Placed` at the next offset of ``partition``, or the scripted
+    :class:`~actors.kafka.ports.KafkaFailure`. :meth:`poll` hands ready reports to their
     ``on_delivery`` callbacks and returns; with none ready it waits (on virtual time) until one
     is, or ``timeout`` passed, like librdkafka's ``poll``.
 
@@ -254,7 +253,7 @@ class FakeProducer:
 
 
 class FakeConsumer:
-    """A :class:`~actors.ports.ConsumerPort` in memory, handing out ``records`` in batches.
+    """A :class:`~actors.kafka.ports.ConsumerPort` in memory, handing out ``records`` in batches.
 
     ``consume`` returns what is queued (nothing until ``assigned``), or waits on virtual time
     for :meth:`add` up to its ``timeout``. It records ``store_offset``, ``commit`` and ``close``
@@ -421,7 +420,7 @@ def fake_ports(
 
 
 class RecordingHealth(Health):
-    """A :class:`~actors.health.Health` that writes every state *change* to a journal as
+    """A :class:`~actors.runtime.health.Health` that writes every state *change* to a journal as
     ``"<actor> <state>"``, so tests can check the order of transitions across actors."""
 
     def __init__(self, actors: Iterable[str], journal: list[str] | None = None) -> None:

@@ -7,8 +7,8 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from actors.health import Health
-from actors.messages import EventsPage, ReadEvents, StoreCommand
+from actors.domain.messages import EventsPage, ReadEvents, StoreCommand
+from actors.runtime.health import Health
 from actors.store import run_store
 
 #: Bounds far above anything a unit test stores.

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import attrs
 
-from actors.local_broker import start_local_broker
+from actors.devtools.local_broker import start_local_broker
 
 __all__ = ["BROKER_KINDS", "StallableBroker", "start_stallable"]
 

@@ -54,8 +54,13 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
-from actors.local_broker import LocalBroker, LocalBrokerError, free_port, start_local_broker
-from actors.settings import SETTINGS
+from actors.devtools.local_broker import (
+    LocalBroker,
+    LocalBrokerError,
+    free_port,
+    start_local_broker,
+)
+from actors.runtime.settings import SETTINGS
 
 __all__ = [
     "Broker",

@@ -1,11 +1,12 @@
-"""The real service with one injected fault: its consumer raises on records that carry a marker.
+"""The real service with one injected fault: its consumer fails on records that carry a marker.
 
-The service has no fault hook of its own, so the tests inject one from outside: this module
-wraps ``_Consumer._handle`` so that a record whose value contains :data:`MARKER` raises
-``RuntimeError`` (an unexpected exception, which the supervisor must handle by restarting the
-consumer), then runs the unchanged ``python -m actors`` entry point.
+The service's ``main`` takes the Kafka ports it should use; this module passes the real
+confluent-kafka adapters with the consumer wrapped, so that a ``consume()`` that returns a
+record whose value contains :data:`MARKER` raises ``RuntimeError``. That is an unexpected
+exception inside the consumer actor, which the supervisor must handle by restarting it; the
+record's offset was never stored, so the restarted consumer reads it again.
 
-With ``CRASH_ONCE_FILE`` set, only the record handled while that file exists fails, and the file
+With ``CRASH_ONCE_FILE`` set, only the record read while that file exists fails, and the file
 is removed: the crash happens once and the redelivered record is then processed normally.
 
 Synopsis::
@@ -19,13 +20,13 @@ import os
 import sys
 from pathlib import Path
 
-from actors import consumer
+import attrs
+
 from actors.__main__ import main
-from actors.ports import Record
+from actors.kafka.ports import ConsumerPort, KafkaPorts, Record
+from actors.runtime.settings import Settings
 
 MARKER = b"crash-me"
-
-_handle = consumer._Consumer._handle
 
 
 def _should_crash(record: Record) -> bool:
@@ -41,14 +42,31 @@ def _should_crash(record: Record) -> bool:
     return True
 
 
-async def _crashing_handle(self: consumer._Consumer, record: Record) -> None:
-    if _should_crash(record):
-        raise RuntimeError(
-            f"injected failure at partition {record.partition} offset {record.offset}"
-        )
-    await _handle(self, record)
+class _CrashingConsumer:
+    """A :class:`ConsumerPort` that passes everything through but fails on a marked record."""
+
+    def __init__(self, consumer: ConsumerPort) -> None:
+        self._consumer = consumer
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._consumer, name)
+
+    async def consume(self, max_messages: int, timeout: float) -> list[Record]:
+        records = await self._consumer.consume(max_messages, timeout)
+        for record in records:
+            if _should_crash(record):
+                raise RuntimeError(
+                    f"injected failure at partition {record.partition} offset {record.offset}"
+                )
+        return records
 
 
-if __name__ == "__main__":  # only then: importing MARKER from a test must not patch anything
-    consumer._Consumer._handle = _crashing_handle  # type: ignore[method-assign]
-    sys.exit(main())
+def crashing_ports(settings: Settings) -> KafkaPorts:
+    from actors.kafka.adapters import kafka_ports
+
+    real = kafka_ports(settings)
+    return attrs.evolve(real, open_consumer=lambda: _CrashingConsumer(real.open_consumer()))
+
+
+if __name__ == "__main__":  # only then: importing MARKER from a test must not start anything
+    sys.exit(main(kafka_ports=crashing_ports))

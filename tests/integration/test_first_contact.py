@@ -12,7 +12,7 @@ import time
 
 import httpx
 
-from actors.local_broker import free_port, start_local_broker
+from actors.devtools.local_broker import free_port, start_local_broker
 
 from .conftest import REPO_ROOT, Spawn, wait_until
 

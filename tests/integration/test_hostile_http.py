@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 import httpx
 
-from actors.settings import SETTINGS
+from actors.runtime.settings import SETTINGS
 
 from .conftest import KafkaTools, ServiceHandle, Services, Spawn
 

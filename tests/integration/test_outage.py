@@ -22,7 +22,7 @@ import attrs
 import httpx
 from confluent_kafka.admin import AdminClient
 
-from actors.local_broker import free_port, start_local_broker
+from actors.devtools.local_broker import free_port, start_local_broker
 
 from .conftest import ProxiedBroker, ServiceProcess, Spawn, rss_bytes, wait_until
 from .test_service import unique_user

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 from confluent_kafka import Message
 
-from actors.local_broker import free_port
+from actors.devtools.local_broker import free_port
 
 from .conftest import KafkaTools, Services, Spawn
 

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from actors.settings import SETTINGS
+from actors.runtime.settings import SETTINGS
 
 from .container_files import (
     COMPOSE_FILE,

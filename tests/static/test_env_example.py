@@ -1,14 +1,14 @@
 """SETTINGS, .env.example and the app's environment in docker-compose.yml name the same variables.
 
-actors.settings.SETTINGS is the single source of truth: a variable added to one of the three and
-not the others fails here, and so does a default or description that drifted.
+actors.runtime.settings.SETTINGS is the single source of truth: a variable added to one of the
+three and not the others fails here, and so does a default or description that drifted.
 """
 
 from __future__ import annotations
 
 import collections
 
-from actors.settings import SETTINGS
+from actors.runtime.settings import SETTINGS
 
 from .container_files import interpolate, read_compose, read_env_example, service_environment
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from actors.backoff import Backoff, equal_jitter, no_jitter
+from actors.runtime.backoff import Backoff, equal_jitter, no_jitter
 
 
 def test_delays_double_from_initial() -> None:

@@ -19,12 +19,12 @@ import trio.testing
 from fakes import FENCED, FakeConsumer, FakeProducer, RecordingHealth, opener
 from store_support import list_all, store_actor
 
-from actors.backoff import Backoff, no_jitter
 from actors.consumer import run_consumer
-from actors.events import Limits, new_event
-from actors.health import ActorState, Health
-from actors.messages import Put, PutOutcome, StoreCommand
-from actors.ports import KafkaFailure, KafkaFatalError, ProduceRejected, Record
+from actors.domain.events import Limits, new_event
+from actors.domain.messages import Put, PutOutcome, StoreCommand
+from actors.kafka.ports import KafkaFailure, KafkaFatalError, ProduceRejected, Record
+from actors.runtime.backoff import Backoff, no_jitter
+from actors.runtime.health import ActorState, Health
 
 TOPIC = "user-activity-events"
 DLQ_TOPIC = "user-activity-events.dlq"

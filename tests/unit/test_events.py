@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from actors.events import (
+from actors.domain.events import (
     EVENT_TYPES,
     InvalidRequest,
     Limits,

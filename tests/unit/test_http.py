@@ -15,10 +15,8 @@ import trio
 import trio.testing
 from quart_trio import QuartTrio
 
-from actors.events import Limits, decode_event, new_event
-from actors.health import ActorState, Health
-from actors.http import STORE_QUERY_SECONDS, HttpOptions, create_app
-from actors.messages import (
+from actors.domain.events import Limits, decode_event, new_event
+from actors.domain.messages import (
     EventsPage,
     Published,
     PublishFailed,
@@ -28,6 +26,8 @@ from actors.messages import (
     ReadEvents,
     StoreCommand,
 )
+from actors.http.app import STORE_QUERY_SECONDS, HttpOptions, create_app
+from actors.runtime.health import ActorState, Health
 
 PUBLISH_TIMEOUT = 2.5
 MAX_BODY_BYTES = 1024
@@ -446,7 +446,7 @@ async def test_exception_in_handler_is_json_500_without_traceback(
     """A handler that raises (its store inbox is gone) gives a JSON 500 leaking no traceback."""
     async with serving(store_answers=False) as service:
         service.store_inbox.close()  # the handler's store.send now raises BrokenResourceError
-        with caplog.at_level(logging.ERROR, logger="actors.http"):
+        with caplog.at_level(logging.ERROR, logger="actors.http.app"):
             response = await service.client.get("/events/processed")
         text = await response.get_data(as_text=True)
     assert response.status_code == 500
@@ -457,7 +457,7 @@ async def test_exception_in_handler_is_json_500_without_traceback(
     }
     assert "Traceback" not in text
     assert "BrokenResourceError" not in text
-    [record] = [r for r in caplog.records if r.name == "actors.http"]
+    [record] = [r for r in caplog.records if r.name == "actors.http.app"]
     assert record.exc_info is not None
     assert isinstance(record.exc_info[1], trio.BrokenResourceError)
 

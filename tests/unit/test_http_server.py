@@ -1,4 +1,4 @@
-"""The server wiring (actors.http_server): connection lifetimes, the connection cap, accept
+"""The server wiring (actors.http.server): connection lifetimes, the connection cap, accept
 errors and the ASGI guard, on virtual time.
 
 The connection tests run the real hypercorn protocol code on a loopback socket. Virtual time is
@@ -26,7 +26,7 @@ import trio.testing
 from http_wire import exchange, frozen
 from quart_trio import QuartTrio
 
-from actors.http_server import (
+from actors.http.server import (
     REFUSAL,
     ConnectionSlots,
     ServerGuard,

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from actors.logs import JsonLineFormatter, log_fields
+from actors.runtime.logs import JsonLineFormatter, log_fields
 
 HOSTILE = 'mallory\n{"level": "INFO", "msg": "forged"}\r\x1b[31mred\x1b[0m\u2028\x00'
 

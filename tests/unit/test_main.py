@@ -7,7 +7,7 @@ import importlib.metadata
 import pytest
 
 from actors.__main__ import main
-from actors.settings import SETTINGS
+from actors.runtime.settings import SETTINGS
 
 
 def run_main(capsys: pytest.CaptureFixture[str], *argv: str) -> str:

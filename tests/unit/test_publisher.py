@@ -15,12 +15,12 @@ import trio
 import trio.testing
 from fakes import FENCED, FakeProducer, RecordingHealth, opener
 
-from actors.backoff import Backoff, no_jitter
-from actors.events import UserEvent, new_event
-from actors.health import ActorState, Health
-from actors.messages import Published, PublishFailed, PublishOutcome, PublishRequest
-from actors.ports import KafkaFailure, KafkaFatalError, ProduceRejected
+from actors.domain.events import UserEvent, new_event
+from actors.domain.messages import Published, PublishFailed, PublishOutcome, PublishRequest
+from actors.kafka.ports import KafkaFailure, KafkaFatalError, ProduceRejected
 from actors.publisher import run_publisher
+from actors.runtime.backoff import Backoff, no_jitter
+from actors.runtime.health import ActorState, Health
 
 TOPIC = "user-activity-events"
 BACKOFF = Backoff(initial=0.1, maximum=2.0, jitter=no_jitter)

@@ -9,10 +9,10 @@ import trio
 import trio.testing
 from fakes import FakeProducer, opener
 
-from actors.backoff import Backoff, no_jitter
-from actors.health import Health
-from actors.ports import DeliveryReport, KafkaFailure, Placed, ProduceRejected
-from actors.replacement import BrokenProducerWatch, ReplacingProducer
+from actors.kafka.ports import DeliveryReport, KafkaFailure, Placed, ProduceRejected
+from actors.kafka.replacement import BrokenProducerWatch, ReplacingProducer
+from actors.runtime.backoff import Backoff, no_jitter
+from actors.runtime.health import Health
 
 TIMED_OUT = KafkaFailure(code="_MSG_TIMED_OUT", reason="timed out", retriable=True)
 BACKOFF = Backoff(initial=0.1, maximum=2.0, jitter=no_jitter)

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from actors.events import EVENT_TYPES
-from actors.settings import SETTINGS, Settings, SettingsError, load_settings
+from actors.domain.events import EVENT_TYPES
+from actors.runtime.settings import SETTINGS, Settings, SettingsError, load_settings
 
 PASSWORD = "s3cr3t-hunter2-password"
 

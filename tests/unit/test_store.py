@@ -10,9 +10,17 @@ import trio
 import trio.testing
 from store_support import UNBOUNDED, read_page, store_actor
 
-from actors.events import Limits, UserEvent, decode_event, new_event
-from actors.health import ActorState, Health
-from actors.messages import Duplicate, EventsPage, Put, PutOutcome, ReadEvents, StoreCommand, Stored
+from actors.domain.events import Limits, UserEvent, decode_event, new_event
+from actors.domain.messages import (
+    Duplicate,
+    EventsPage,
+    Put,
+    PutOutcome,
+    ReadEvents,
+    StoreCommand,
+    Stored,
+)
+from actors.runtime.health import ActorState, Health
 from actors.store import EVENT_OVERHEAD_BYTES, ProcessedEvents, run_store
 
 

@@ -22,10 +22,10 @@ import trio.testing
 from fakes import FakeConsumer, FakeProducer, FakeTopics, RecordingHealth, fake_ports
 from http_wire import body_of, exchange, frozen
 
-from actors.backoff import Backoff, no_jitter
-from actors.health import ActorState, Health
-from actors.ports import KafkaFatalError
-from actors.settings import Settings, load_settings
+from actors.kafka.ports import KafkaFatalError
+from actors.runtime.backoff import Backoff, no_jitter
+from actors.runtime.health import ActorState, Health
+from actors.runtime.settings import Settings, load_settings
 from actors.supervisor import (
     ACTORS,
     KafkaPorts,

@@ -1,14 +1,15 @@
 """The Kafka boundary as the actors see it: value types and two small ports.
 
 The actors never touch confluent-kafka. They talk to a :class:`ProducerPort` and a
-:class:`ConsumerPort`; :mod:`actors.kafka` implements both over confluent-kafka (blocking calls
-in a worker thread), and the unit tests implement them in memory (no threads, so virtual time
-works). Keeping the ports this small is what lets the same actor code run against both.
+:class:`ConsumerPort`; :mod:`actors.kafka.producer` and :mod:`actors.kafka.consumer` implement
+them over confluent-kafka (blocking calls in a worker thread), and the unit tests implement them
+in memory (no threads, so virtual time works). Keeping the ports this small is what lets the same
+actor code run against both. :class:`KafkaPorts` bundles how the actors open their clients.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 import attrs
@@ -18,6 +19,7 @@ __all__ = [
     "DeliveryReport",
     "KafkaFailure",
     "KafkaFatalError",
+    "KafkaPorts",
     "Placed",
     "ProduceRejected",
     "ProducerPort",
@@ -154,3 +156,12 @@ class ConsumerPort(Protocol):
     async def close(self) -> None:
         """Commit, leave the group and release the client; the last call on the port."""
         ...
+
+
+@attrs.frozen(kw_only=True)
+class KafkaPorts:
+    """How the actors get their Kafka clients; unit tests pass in-memory ones."""
+
+    open_producer: Callable[[], ProducerPort]
+    open_consumer: Callable[[], ConsumerPort]
+    create_topic: Callable[[str], Awaitable[bool]]

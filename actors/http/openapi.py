@@ -6,10 +6,9 @@ its paths with the app's routes, and schemathesis fuzzes the running service aga
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from actors.http import HttpOptions
+from actors.domain.events import Limits
 
 __all__ = ["openapi_document"]
 
@@ -47,8 +46,7 @@ def _error(description: str, *, retry_after: bool = False) -> dict[str, Any]:
     return response
 
 
-def openapi_document(options: HttpOptions) -> dict[str, Any]:
-    limits = options.limits
+def openapi_document(limits: Limits, *, max_body_bytes: int) -> dict[str, Any]:
     event_types = sorted(limits.event_types)
     user_event = {
         "type": "object",
@@ -102,7 +100,7 @@ def openapi_document(options: HttpOptions) -> dict[str, Any]:
                         "400": _error(
                             "The body is not UTF-8 JSON, not an object, or not a valid event"
                         ),
-                        "413": _error(f"The body is larger than {options.max_body_bytes} bytes"),
+                        "413": _error(f"The body is larger than {max_body_bytes} bytes"),
                         "415": _error("The Content-Type is not application/json or +json"),
                         "500": _error("The broker refused the event for good"),
                         "503": _error(

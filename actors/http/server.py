@@ -37,7 +37,7 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import repr_socket_addr, wrap_app
 
-from actors.logs import log_fields
+from actors.runtime.logs import log_fields
 
 __all__ = ["BindError", "ConnectionSlots", "ServerGuard", "ServerOptions", "serve_http"]
 

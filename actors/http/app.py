@@ -1,5 +1,5 @@
 """The HTTP actor: a quart-trio app, served by hypercorn's protocol code behind our own accept
-loop (:mod:`actors.http_server`).
+loop (:mod:`actors.http.server`).
 
 It holds no events itself. ``POST /events/generate`` builds the event and asks the publisher,
 ``GET /events/processed`` asks the store, ``GET /health`` reads the shared health record. Every
@@ -26,11 +26,8 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, RequestTimeout
 
-from actors.events import InvalidRequest, Limits, UserEvent, event_from_request
-from actors.health import ActorState, Health
-from actors.http_server import ServerOptions, serve_http
-from actors.logs import log_fields
-from actors.messages import (
+from actors.domain.events import InvalidRequest, Limits, UserEvent, event_from_request
+from actors.domain.messages import (
     EventsPage,
     Published,
     PublishFailed,
@@ -39,7 +36,10 @@ from actors.messages import (
     ReadEvents,
     StoreCommand,
 )
-from actors.openapi import openapi_document
+from actors.http.openapi import openapi_document
+from actors.http.server import ServerOptions, serve_http
+from actors.runtime.health import ActorState, Health
+from actors.runtime.logs import log_fields
 
 __all__ = ["HttpOptions", "ServerOptions", "create_app", "run_http"]
 
@@ -163,7 +163,9 @@ def create_app(
 
     @app.get("/openapi.json")
     async def openapi() -> Response:
-        return json_response(openapi_document(options), 200)
+        return json_response(
+            openapi_document(options.limits, max_body_bytes=options.max_body_bytes), 200
+        )
 
     @app.after_request
     async def log_request(response: Response) -> Response:

@@ -21,7 +21,7 @@ import logging
 import sys
 from typing import Any
 
-from actors.events import utc_timestamp
+from actors.domain.events import utc_timestamp
 
 __all__ = ["configure_logging", "log_fields"]
 

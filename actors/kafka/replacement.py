@@ -12,7 +12,7 @@ broker is back and a new producer delivers at once. Only a new client (a new pro
 - for any other failure once every delivery has failed for ``replace_after`` seconds, so that a
   state nobody foresaw (another broker, another librdkafka) still heals, if more slowly.
 
-:class:`ReplacingProducer` is a :class:`~actors.ports.ProducerPort` that follows the watch: it
+:class:`ReplacingProducer` is a :class:`~actors.kafka.ports.ProducerPort` that follows the watch: it
 opens a new client, discards the old one (bounded, off trio's thread), logs one WARNING with the
 reason and counts it in ``/health``. Failures of a client that is replaced come back to the
 caller *retriable*: they say nothing about the message, so the caller retries (on the new
@@ -39,10 +39,7 @@ from collections.abc import Callable
 import attrs
 import trio
 
-from actors.backoff import Backoff
-from actors.health import Health
-from actors.logs import log_fields
-from actors.ports import (
+from actors.kafka.ports import (
     DeliveryReport,
     Headers,
     KafkaFailure,
@@ -51,6 +48,9 @@ from actors.ports import (
     ProduceRejected,
     ProducerPort,
 )
+from actors.runtime.backoff import Backoff
+from actors.runtime.health import Health
+from actors.runtime.logs import log_fields
 
 __all__ = ["BROKEN_STATE_CODES", "DISCARD_SECONDS", "BrokenProducerWatch", "ReplacingProducer"]
 
@@ -117,7 +117,7 @@ class _Arrival:
 
 
 class ReplacingProducer:
-    """A :class:`~actors.ports.ProducerPort` over a client it replaces when that one is broken.
+    """A :class:`~actors.kafka.ports.ProducerPort` over a client it replaces once broken.
 
     Reports reach the callbacks given to :meth:`produce` on trio's thread, at the end of
     :meth:`poll`, :meth:`flush` or :meth:`discard`. Replacements follow one another no faster
@@ -197,8 +197,8 @@ class ReplacingProducer:
     async def poll(self, timeout: float) -> None:
         """Serve reports for up to ``timeout`` seconds; replace the client if they condemn it.
 
-        A fatal client error (:class:`~actors.ports.KafkaFatalError`) does not propagate: it is
-        the reason for a replacement.
+        A fatal client error (:class:`~actors.kafka.ports.KafkaFatalError`) does not
+        propagate: it is the reason for a replacement.
 
         Cancellation: a cancel during the client's poll leaves nothing half-done; discarding a
         replaced client is shielded and bounded by :data:`DISCARD_SECONDS`.

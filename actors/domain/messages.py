@@ -17,7 +17,7 @@ from typing import TypeVar
 import attrs
 import trio
 
-from actors.events import UserEvent
+from actors.domain.events import UserEvent
 
 __all__ = [
     "Duplicate",

@@ -19,7 +19,7 @@ from typing import Any
 
 import attrs
 
-from actors.events import EVENT_TYPES
+from actors.domain.events import EVENT_TYPES
 
 __all__ = ["SECRET_VARIABLES", "SETTINGS", "Setting", "Settings", "SettingsError", "load_settings"]
 

@@ -1,0 +1,134 @@
+"""The consumer port over a confluent-kafka ``Consumer``: subscription, rebalance callbacks,
+offsets stored after the store confirmed, commits on revoke and close."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from actors.kafka.bridge import MAX_BLOCKING_SECONDS, Bridge, Connectivity, known
+from actors.kafka.ports import KafkaFatalError, Record
+from actors.runtime.logs import log_fields
+
+__all__ = ["KafkaConsumer"]
+
+log = logging.getLogger("actors.kafka")
+
+
+class KafkaConsumer:
+    """:class:`actors.kafka.ports.ConsumerPort` over a confluent-kafka ``Consumer``, subscribed to
+    ``topic`` on creation."""
+
+    def __init__(self, config: dict[str, Any], topic: str) -> None:
+        self._connectivity = Connectivity()
+        self._consumer = Consumer(config | self._connectivity.callbacks())
+        self._bridge = Bridge()
+        self._assigned = False
+        self._consumer.subscribe(
+            [topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
+
+    @property
+    def connected(self) -> bool | None:
+        return self._connectivity.connected
+
+    @property
+    def assigned(self) -> bool:
+        return self._assigned
+
+    # Rebalance callbacks run on the worker thread inside consume(); calling the client
+    # synchronously from here is allowed (and is the only safe way to commit before revoke).
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._assigned = True
+        log_fields(log, logging.INFO, "partitions assigned", partitions=_describe(partitions))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._commit_now()
+        self._assigned = False
+        log_fields(log, logging.INFO, "partitions revoked", partitions=_describe(partitions))
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._assigned = False
+        log_fields(log, logging.WARNING, "partitions lost", partitions=_describe(partitions))
+
+    def _commit_now(self) -> None:
+        try:
+            self._consumer.commit(asynchronous=False)
+        except KafkaException as error:
+            if error.args[0].code() != KafkaError._NO_OFFSET:
+                log_fields(log, logging.WARNING, "commit failed", reason=error.args[0].str())
+
+    async def consume(self, max_messages: int, timeout: float) -> list[Record]:
+        messages = await self._bridge.call(
+            self._consumer.consume, max_messages, min(timeout, MAX_BLOCKING_SECONDS)
+        )
+        self._connectivity.raise_if_fatal()
+        return [record for message in messages if (record := self._record(message))]
+
+    def _record(self, message: Message) -> Record | None:
+        error = message.error()
+        if error is not None:
+            if error.fatal():
+                raise KafkaFatalError(f"{error.name()}: {error.str()}")
+            if error.code() != KafkaError._PARTITION_EOF:
+                log_fields(
+                    log, logging.WARNING, "consume error", code=error.name(), reason=error.str()
+                )
+            return None
+        return Record(
+            topic=known(message.topic()),
+            partition=known(message.partition()),
+            offset=known(message.offset()),
+            key=_as_bytes(message.key()),
+            value=_as_bytes(message.value()),
+            headers=tuple(
+                (name, _as_bytes(value) or b"") for name, value in _header_pairs(message)
+            ),
+        )
+
+    def store_offset(self, record: Record) -> None:
+        position = TopicPartition(record.topic, record.partition, record.offset + 1)
+        try:
+            self._consumer.store_offsets(offsets=[position])
+        except KafkaException as error:
+            # The partition was revoked meanwhile; its new owner will read the record again.
+            log_fields(
+                log,
+                logging.INFO,
+                "offset not stored",
+                partition=record.partition,
+                offset=record.offset,
+                reason=error.args[0].str(),
+            )
+
+    async def commit(self) -> None:
+        await self._bridge.call(self._commit_now)
+
+    async def close(self) -> None:
+        """Commit, leave the group and free the client.
+
+        Cancellation: the caller bounds and shields this call; if the bound expires the worker
+        thread is abandoned (no other call may follow close anyway).
+        """
+        await self._bridge.call(self._close_now, abandon_on_cancel=True)
+
+    def _close_now(self) -> None:
+        self._commit_now()
+        self._consumer.close()
+
+
+def _as_bytes(value: str | bytes | None) -> bytes | None:
+    return value.encode() if isinstance(value, str) else value
+
+
+def _header_pairs(message: Message) -> list[tuple[str, str | bytes | None]]:
+    headers = message.headers() or []
+    return list(headers.items()) if isinstance(headers, dict) else list(headers)
+
+
+def _describe(partitions: Sequence[TopicPartition]) -> list[str]:
+    return [f"{p.topic}[{p.partition}]" for p in partitions]

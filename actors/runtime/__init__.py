@@ -1,0 +1,1 @@
+"""What every actor runs on: settings, health, logs, backoff, restart supervision, signals."""
