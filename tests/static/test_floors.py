@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.static import floors
+from . import floors
 
 
 def test_every_import_respects_the_floors() -> None:
