@@ -72,7 +72,7 @@ COPY actors/ ./actors/
 RUN pip install --constraint constraints.txt --no-deps . \
     && rm -rf build ./*.egg-info
 
-COPY Dockerfile docker-compose.yml .dockerignore .env.example ./
+COPY Dockerfile docker-compose.yml .dockerignore .env.example ARCHITECTURE.md ./
 COPY scripts/ ./scripts/
 COPY tests/ ./tests/
 USER 10001:10001
