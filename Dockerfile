@@ -74,6 +74,7 @@ RUN pip install --constraint constraints.txt --no-deps . \
 
 COPY Dockerfile docker-compose.yml .dockerignore .env.example ARCHITECTURE.md ./
 COPY scripts/ ./scripts/
+COPY bench/ ./bench/
 COPY tests/ ./tests/
 USER 10001:10001
 

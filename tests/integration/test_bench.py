@@ -1,0 +1,50 @@
+"""The benchmark still runs: ``bench/perf.py --tiny`` end to end, its figures all present.
+
+It times nothing and asserts no speed: only that every measurement produced a number, so the
+benchmark cannot rot unnoticed while the service changes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def test_tiny_benchmark_reports_every_figure(tmp_path: Path) -> None:
+    """A tiny run exits 0, prints the table and writes a JSON file with a finite number for
+    every figure of the service and of the null app."""
+    output = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "bench/perf.py", "--tiny", "--output", str(output)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "POST req/s, C=64" in result.stdout
+    figures = json.loads(output.read_text())
+    for side in ("service", "floor"):
+        for concurrency in (1, 16, 64):
+            post = figures[side][f"post_c{concurrency}"]
+            assert post["req_per_s"] > 0
+            assert all(_finite(post[key]) for key in ("p50_ms", "p99_ms", "cpu_ms_per_req"))
+        assert figures[side]["start_to_healthy_s"] > 0
+    service = figures["service"]
+    for key in ("e2e_idle", "e2e_steady"):
+        assert service[key]["samples"] > 0
+        assert _finite(service[key]["p50_ms"])
+    store = service["store"]
+    assert _finite(store["rss_bytes_per_event"])
+    assert _finite(store["get_ms_at_1000"])
+    assert service["batch"] == {} or _finite(service["batch"]["events_per_s"])
