@@ -19,7 +19,7 @@ from collections.abc import Callable
 import trio
 
 from actors.domain.events import Limits, MalformedEvent, UserEvent, decode_event
-from actors.domain.messages import Put, PutOutcome, StoreCommand, Stored
+from actors.domain.messages import PutMany, PutOutcome, StoreCommand, Stored
 from actors.kafka.ports import (
     ConsumerPort,
     DeliveryReport,
@@ -63,34 +63,43 @@ class _Consumer:
         self._health = health
 
     async def consume_batch(self, batch_size: int) -> None:
+        """Handle one consumed batch in order: its valid events go to the store together (one
+        :class:`PutMany` per run of valid records), each malformed record is dealt with where
+        it stands, and offsets are stored only after the store confirmed."""
         records = await self._consumer.consume(batch_size, CONSUME_TIMEOUT)
         self._report_health()
+        valid: list[tuple[Record, UserEvent]] = []
         for record in records:
-            await self._handle(record)
+            try:
+                valid.append((record, decode_event(record.value, self._limits)))
+            except MalformedEvent as error:
+                await self._store_events(valid)
+                valid = []
+                await self._reject(record, str(error))
+                self._consumer.store_offset(record)
+        await self._store_events(valid)
+
+    async def _store_events(self, valid: list[tuple[Record, UserEvent]]) -> None:
+        if not valid:
+            return
+        outcomes = await self._put_many(tuple(event for _, event in valid))
+        for (record, event), outcome in zip(valid, outcomes, strict=True):
+            log_fields(
+                log,
+                logging.INFO,
+                "event consumed",
+                eventId=event.event_id,
+                userId=event.user_id,
+                eventType=event.event_type,
+                partition=record.partition,
+                offset=record.offset,
+                outcome="stored" if isinstance(outcome, Stored) else "duplicate",
+            )
             self._consumer.store_offset(record)
 
-    async def _handle(self, record: Record) -> None:
-        try:
-            event = decode_event(record.value, self._limits)
-        except MalformedEvent as error:
-            await self._reject(record, str(error))
-            return
-        outcome = await self._put(event)
-        log_fields(
-            log,
-            logging.INFO,
-            "event consumed",
-            eventId=event.event_id,
-            userId=event.user_id,
-            eventType=event.event_type,
-            partition=record.partition,
-            offset=record.offset,
-            outcome="stored" if isinstance(outcome, Stored) else "duplicate",
-        )
-
-    async def _put(self, event: UserEvent) -> PutOutcome:
-        send, receive = trio.open_memory_channel[PutOutcome](1)
-        await self._store.send(Put(event=event, reply=send))
+    async def _put_many(self, events: tuple[UserEvent, ...]) -> tuple[PutOutcome, ...]:
+        send, receive = trio.open_memory_channel[tuple[PutOutcome, ...]](1)
+        await self._store.send(PutMany(events=events, reply=send))
         with receive:
             return await receive.receive()
 

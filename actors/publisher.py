@@ -22,12 +22,22 @@ from __future__ import annotations
 import collections
 import logging
 from collections.abc import Callable
+from functools import partial
 
 import attrs
 import trio
 from trio_util import AsyncValue
 
-from actors.domain.messages import Placed, PublishFailed, PublishOutcome, PublishRequest, reply
+from actors.domain.events import UserEvent
+from actors.domain.messages import (
+    Placed,
+    PublishBatch,
+    PublisherCommand,
+    PublishFailed,
+    PublishOutcome,
+    PublishRequest,
+    reply,
+)
 from actors.kafka.ports import DeliveryReport, KafkaFailure, ProduceRejected, ProducerPort
 from actors.kafka.replacement import ReplacingProducer
 from actors.runtime.backoff import Backoff
@@ -49,8 +59,34 @@ EXIT_FLUSH_SECONDS = 1.0
 
 @attrs.define
 class _Attempt:
-    request: PublishRequest
+    """One event on its way to the broker; ``settle`` answers for it, exactly once."""
+
+    event: UserEvent
+    deadline: float
+    settle: Callable[[PublishOutcome], None]
     number: int = 1
+
+    def next(self) -> _Attempt:
+        return attrs.evolve(self, number=self.number + 1)
+
+
+class _BatchAnswer:
+    """Collects the outcome of each event of a :class:`PublishBatch`; answers once, with all of
+    them in request order, when the last one is known."""
+
+    def __init__(self, batch: PublishBatch) -> None:
+        self._batch = batch
+        self._outcomes: list[PublishOutcome | None] = [None] * len(batch.events)
+        self._missing = len(batch.events)
+
+    def settler(self, index: int) -> Callable[[PublishOutcome], None]:
+        def settle(outcome: PublishOutcome) -> None:
+            self._outcomes[index] = outcome
+            self._missing -= 1
+            if self._missing == 0:
+                reply(self._batch.reply, tuple(o for o in self._outcomes if o is not None))
+
+        return settle
 
 
 class _Publisher:
@@ -67,21 +103,34 @@ class _Publisher:
         self._reports: collections.deque[tuple[_Attempt, DeliveryReport]] = collections.deque()
         self._unresolved = AsyncValue(0)
 
-    async def accept(self, request: PublishRequest, nursery: trio.Nursery) -> None:
-        """Take one request from the inbox; returns once the producer holds it (or it failed).
+    async def accept(self, command: PublisherCommand, nursery: trio.Nursery) -> None:
+        """Take one request or batch from the inbox; returns once the producer holds each of
+        its events (or they failed).
 
         A request whose deadline passed while it waited in the inbox is not produced: its
         caller has already answered 503, and a retry by the client must not make a second copy.
+        A batch's events are produced one after the other, without waiting in between.
         """
+        match command:
+            case PublishRequest(event=event, deadline=deadline, reply=channel):
+                settle: Callable[[PublishOutcome], None] = partial(reply, channel)
+                await self._accept_one(_Attempt(event, deadline, settle), nursery)
+            case PublishBatch(events=events, deadline=deadline):
+                answer = _BatchAnswer(command)
+                for index, event in enumerate(events):
+                    await self._accept_one(
+                        _Attempt(event, deadline, answer.settler(index)), nursery
+                    )
+
+    async def _accept_one(self, attempt: _Attempt, nursery: trio.Nursery) -> None:
         self._unresolved.value += 1
-        attempt = _Attempt(request)
-        if trio.current_time() >= request.deadline:
+        if trio.current_time() >= attempt.deadline:
             self._resolve(attempt, PublishFailed(reason="expired in the queue", retriable=True))
             return
         await self._produce(attempt, nursery)
 
     async def _produce(self, attempt: _Attempt, nursery: trio.Nursery) -> None:
-        event = attempt.request.event
+        event = attempt.event
         while True:
             try:
                 self._producer.produce(
@@ -125,13 +174,13 @@ class _Publisher:
         self, attempt: _Attempt, failure: KafkaFailure, nursery: trio.Nursery | None
     ) -> None:
         delay = self._backoff.delay(attempt.number)
-        has_time = trio.current_time() + delay < attempt.request.deadline
+        has_time = trio.current_time() + delay < attempt.deadline
         if nursery is not None and failure.retriable and not failure.fatal and has_time:
             log_fields(
                 log,
                 logging.INFO,
                 "publish retry",
-                eventId=attempt.request.event.event_id,
+                eventId=attempt.event.event_id,
                 attempt=attempt.number,
                 code=failure.code,
                 delay=round(delay, 3),
@@ -146,24 +195,23 @@ class _Publisher:
 
     async def _retry_later(self, attempt: _Attempt, delay: float, nursery: trio.Nursery) -> None:
         await trio.sleep(delay)
-        await self._produce(_Attempt(attempt.request, attempt.number + 1), nursery)
+        await self._produce(attempt.next(), nursery)
 
     async def _sleep_within_deadline(self, attempt: _Attempt, delay: float) -> bool:
         """Sleep ``delay`` unless that would pass the deadline; ``False`` means no time left."""
-        if trio.current_time() + delay >= attempt.request.deadline:
+        if trio.current_time() + delay >= attempt.deadline:
             return False
         await trio.sleep(delay)
         return True
 
     def _resolve(self, attempt: _Attempt, outcome: PublishOutcome) -> None:
-        request = attempt.request
         if isinstance(outcome, Placed):
             self._health.count("published")
             log_fields(
                 log,
                 logging.DEBUG,
                 "event published",
-                eventId=request.event.event_id,
+                eventId=attempt.event.event_id,
                 partition=outcome.partition,
                 offset=outcome.offset,
             )
@@ -173,11 +221,11 @@ class _Publisher:
                 log,
                 logging.WARNING,
                 "publish failed",
-                eventId=request.event.event_id,
+                eventId=attempt.event.event_id,
                 reason=outcome.reason,
                 retriable=outcome.retriable,
             )
-        reply(request.reply, outcome)
+        attempt.settle(outcome)
         self._unresolved.value -= 1
 
     def _report_health(self) -> None:
@@ -195,7 +243,7 @@ class _Publisher:
 
 async def run_publisher(
     *,
-    inbox: trio.MemoryReceiveChannel[PublishRequest],
+    inbox: trio.MemoryReceiveChannel[PublisherCommand],
     open_producer: Callable[[], ProducerPort],
     topic: str,
     backoff: Backoff,

@@ -25,10 +25,12 @@ import logging
 
 import trio
 
+from actors.domain.events import UserEvent
 from actors.domain.messages import (
     Duplicate,
     EventsPage,
     Put,
+    PutMany,
     PutOutcome,
     ReadEvents,
     StoreCommand,
@@ -143,16 +145,29 @@ async def run_store(
     async for command in inbox:
         match command:
             case Put(event=event, reply=channel):
-                evicted_before = events.evicted
-                outcome = events.put_if_absent(event.event_id, event.to_json())
-                health.count("stored" if isinstance(outcome, Stored) else "duplicates")
-                if events.evicted != evicted_before:
-                    _count_evictions(health, events, events.evicted - evicted_before)
-                _report_size(health, events)
-                reply(channel, outcome)
+                reply(channel, _put_all(health, events, (event,))[0])
+            case PutMany(events=batch, reply=channel):
+                reply(channel, _put_all(health, events, batch))
             case ReadEvents(start=start, end=end, max_bytes=page_bytes, reply=channel):
                 reply(channel, events.read(start, end, page_bytes))
     health.report("store", ActorState.STOPPED)
+
+
+def _put_all(
+    health: Health, events: ProcessedEvents, batch: tuple[UserEvent, ...]
+) -> tuple[PutOutcome, ...]:
+    """Store each event unless its eventId is held; counters and gauges once per batch."""
+    evicted_before = events.evicted
+    outcomes = tuple(events.put_if_absent(event.event_id, event.encoded) for event in batch)
+    stored = sum(1 for outcome in outcomes if isinstance(outcome, Stored))
+    if stored:
+        health.count("stored", stored)
+    if stored != len(outcomes):
+        health.count("duplicates", len(outcomes) - stored)
+    if events.evicted != evicted_before:
+        _count_evictions(health, events, events.evicted - evicted_before)
+    _report_size(health, events)
+    return outcomes
 
 
 def _count_evictions(health: Health, events: ProcessedEvents, evicted: int) -> None:

@@ -4,7 +4,7 @@ Start-up goes from the bottom of the dependency chain to the top, and shutdown i
 reverse order, which nested nurseries express directly::
 
     store            <- consumer (Put)            <- HTTP (ReadEvents)
-    publisher        <- HTTP (PublishRequest)
+    publisher        <- HTTP (PublishRequest, PublishBatch)
 
     start:    store, HTTP (answering 503 until the rest runs), [topic], consumer, publisher
     shutdown: HTTP stops intake (hypercorn's trigger), in-flight requests finish
@@ -27,8 +27,9 @@ from trio_util import move_on_when
 
 from actors.consumer import run_consumer
 from actors.domain.events import Limits
-from actors.domain.messages import PublishRequest, StoreCommand
+from actors.domain.messages import PublisherCommand, StoreCommand
 from actors.http.app import HttpOptions, create_app, run_http
+from actors.http.batch import BatchOptions
 from actors.http.server import BindError, ServerOptions
 from actors.kafka.ports import KafkaPorts
 from actors.kafka.topics import ensure_topics
@@ -88,7 +89,7 @@ async def run_service(
         max_payload_bytes=settings.max_payload_bytes,
     )
     store_send, store_receive = trio.open_memory_channel[StoreCommand](STORE_INBOX_SIZE)
-    publish_send, publish_receive = trio.open_memory_channel[PublishRequest](
+    publish_send, publish_receive = trio.open_memory_channel[PublisherCommand](
         settings.publish_queue_size
     )
     consumer = partial(
@@ -122,6 +123,11 @@ async def run_service(
             max_body_bytes=settings.max_body_bytes,
             max_listings=settings.http_max_listings,
             body_read_timeout=settings.http_body_read_seconds,
+            batch=BatchOptions(
+                max_events=settings.max_batch_events,
+                max_bytes=settings.max_batch_bytes,
+                max_waiting_events=max(settings.publish_queue_size, settings.max_batch_events),
+            ),
         ),
     )
     supervised = partial(supervise_actor, policy=policy, health=health)

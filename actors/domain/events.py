@@ -37,7 +37,9 @@ __all__ = [
     "MalformedEvent",
     "Problem",
     "UserEvent",
+    "batch_from_request",
     "decode_event",
+    "event_from_document",
     "event_from_request",
     "new_event",
     "utc_timestamp",
@@ -195,6 +197,16 @@ def event_from_request(body: bytes, limits: Limits) -> UserEvent:
         document = _parse_json(body)
     except MalformedEvent as error:
         raise InvalidRequest([Problem("body", str(error))]) from None
+    return event_from_document(document, limits)
+
+
+def event_from_document(document: Any, limits: Limits) -> UserEvent:
+    """Validate one already parsed request event (a POST body, or one item of a batch) and
+    build the event from it, by the rules of :func:`event_from_request`.
+
+    Raises:
+        InvalidRequest: listing every problem found.
+    """
     if not isinstance(document, dict):
         raise InvalidRequest([Problem("body", "must be a JSON object")])
     problems, payload_bytes = _field_problems(document, limits, require_identity=False)
@@ -209,6 +221,31 @@ def event_from_request(body: bytes, limits: Limits) -> UserEvent:
         )
     except UnicodeEncodeError as error:
         raise InvalidRequest([Problem("body", _not_json(error))]) from None
+
+
+def batch_from_request(body: bytes) -> list[Any]:
+    """The items of a batch body ``{"events": [...]}``, each still to be validated on its own
+    (:func:`event_from_document`).
+
+    The whole body is parsed strictly, as a single event's is, so a body that is not UTF-8 or
+    not strict JSON (a duplicate key, a number out of range) anywhere is refused whole.
+
+    Raises:
+        InvalidRequest: the body is not strict JSON, not an object with an ``events`` list, or
+            the list is empty.
+    """
+    try:
+        document = _parse_json(body)
+    except MalformedEvent as error:
+        raise InvalidRequest([Problem("body", str(error))]) from None
+    if not isinstance(document, dict):
+        raise InvalidRequest([Problem("body", "must be a JSON object")])
+    items = document.get("events")
+    if not isinstance(items, list):
+        raise InvalidRequest([Problem("events", "is required and must be a list of events")])
+    if not items:
+        raise InvalidRequest([Problem("events", "must hold at least one event")])
+    return items
 
 
 def decode_event(value: bytes | None, limits: Limits) -> UserEvent:

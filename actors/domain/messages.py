@@ -5,8 +5,9 @@ responder answers with :func:`reply` and never blocks, whether or not the caller
 
 Mailboxes:
 
-- publisher inbox: :class:`PublishRequest`, answered with a :data:`PublishOutcome`.
-- store inbox: :data:`StoreCommand` (:class:`Put` or :class:`ReadEvents`).
+- publisher inbox: :data:`PublisherCommand`: a :class:`PublishRequest`, answered with a
+  :data:`PublishOutcome`, or a :class:`PublishBatch`, answered with one per event.
+- store inbox: :data:`StoreCommand` (:class:`Put`, :class:`PutMany` or :class:`ReadEvents`).
 """
 
 from __future__ import annotations
@@ -23,10 +24,13 @@ __all__ = [
     "Duplicate",
     "EventsPage",
     "Placed",
+    "PublishBatch",
     "PublishFailed",
     "PublishOutcome",
     "PublishRequest",
+    "PublisherCommand",
     "Put",
+    "PutMany",
     "PutOutcome",
     "ReadEvents",
     "StoreCommand",
@@ -72,6 +76,19 @@ class PublishRequest:
     reply: trio.MemorySendChannel[PublishOutcome] = attrs.field(eq=False)
 
 
+@attrs.frozen(kw_only=True)
+class PublishBatch:
+    """Publish each of ``events``; answer once on ``reply`` with one outcome per event, in
+    order, when every one is known (by ``deadline``, a :func:`trio.current_time`)."""
+
+    events: tuple[UserEvent, ...]
+    deadline: float
+    reply: trio.MemorySendChannel[tuple[PublishOutcome, ...]] = attrs.field(eq=False)
+
+
+PublisherCommand = PublishRequest | PublishBatch
+
+
 # --- store inbox -----------------------------------------------------------------------------
 
 
@@ -94,6 +111,15 @@ class Put:
 
     event: UserEvent
     reply: trio.MemorySendChannel[PutOutcome] = attrs.field(eq=False)
+
+
+@attrs.frozen(kw_only=True)
+class PutMany:
+    """Store each of ``events`` unless its eventId is already stored; one outcome per event,
+    in order, in a single reply."""
+
+    events: tuple[UserEvent, ...]
+    reply: trio.MemorySendChannel[tuple[PutOutcome, ...]] = attrs.field(eq=False)
 
 
 @attrs.frozen(kw_only=True)
@@ -129,7 +155,7 @@ class ReadEvents:
     reply: trio.MemorySendChannel[EventsPage] = attrs.field(eq=False)
 
 
-StoreCommand = Put | ReadEvents
+StoreCommand = Put | PutMany | ReadEvents
 
 
 # --- request/reply helpers -------------------------------------------------------------------

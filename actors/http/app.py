@@ -30,12 +30,14 @@ from actors.domain.events import InvalidRequest, Limits, UserEvent, event_from_r
 from actors.domain.messages import (
     EventsPage,
     Placed,
+    PublisherCommand,
     PublishFailed,
     PublishOutcome,
     PublishRequest,
     ReadEvents,
     StoreCommand,
 )
+from actors.http.batch import BatchOptions, BatchPublisher, TooLarge
 from actors.http.openapi import openapi_document
 from actors.http.server import ServerOptions, serve_http
 from actors.runtime.health import ActorState, Health
@@ -71,6 +73,7 @@ class HttpOptions:
     max_body_bytes: int
     max_listings: int = 4
     body_read_timeout: float = BODY_READ_SECONDS
+    batch: BatchOptions = attrs.field(factory=BatchOptions)
 
 
 def json_response(
@@ -89,7 +92,7 @@ def error_response(
 
 def create_app(
     *,
-    publish: trio.MemorySendChannel[PublishRequest],
+    publish: trio.MemorySendChannel[PublisherCommand],
     store: trio.MemorySendChannel[StoreCommand],
     health: Health,
     options: HttpOptions,
@@ -101,6 +104,12 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = None
     retry_after = {"Retry-After": str(max(1, math.ceil(options.publish_timeout)))}
     listings = _Listings(options.max_listings)
+    batches = BatchPublisher(
+        publish=publish,
+        limits=options.limits,
+        options=options.batch,
+        publish_timeout=options.publish_timeout,
+    )
 
     @app.post("/events/generate")
     async def generate_event() -> Response:
@@ -137,6 +146,36 @@ def create_app(
                 return error_response(500, "publish_failed", reason)
         raise AssertionError(f"unexpected publish outcome {outcome!r}")
 
+    @app.post("/events/batch")
+    async def publish_batch() -> Response:
+        body = await _read_body(options.batch.max_bytes, options.body_read_timeout)
+        if body is None:
+            return error_response(
+                413,
+                "request_entity_too_large",
+                f"the body must be at most {options.batch.max_bytes} bytes",
+            )
+        if request.mimetype not in _JSON_TYPES and not request.mimetype.endswith("+json"):
+            return error_response(
+                415, "unsupported_media_type", "Content-Type must be application/json"
+            )
+        try:
+            items = batches.parse(body)
+        except InvalidRequest as invalid:
+            problems = [attrs.asdict(problem) for problem in invalid.problems]
+            return error_response(
+                400, "invalid_request", "the batch is not valid", problems=problems
+            )
+        except TooLarge as too_large:
+            return error_response(413, "request_entity_too_large", str(too_large))
+        unavailable = None
+        if health.state("publisher").value is ActorState.STARTING:
+            unavailable = health.detail("publisher") or "the publisher is starting"
+        answer = await batches.publish(items, unavailable)
+        return json_response(
+            answer.body, answer.status, headers=retry_after if answer.retry_later else None
+        )
+
     @app.get("/events/processed")
     async def processed_events() -> Response:
         if listings.full:
@@ -164,7 +203,13 @@ def create_app(
     @app.get("/openapi.json")
     async def openapi() -> Response:
         return json_response(
-            openapi_document(options.limits, max_body_bytes=options.max_body_bytes), 200
+            openapi_document(
+                options.limits,
+                max_body_bytes=options.max_body_bytes,
+                max_batch_events=options.batch.max_events,
+                max_batch_bytes=options.batch.max_bytes,
+            ),
+            200,
         )
 
     @app.after_request
@@ -257,7 +302,7 @@ async def _read_body(limit: int, timeout: float) -> bytes | None:
 
 
 async def _publish(
-    publish: trio.MemorySendChannel[PublishRequest], event: UserEvent, timeout: float
+    publish: trio.MemorySendChannel[PublisherCommand], event: UserEvent, timeout: float
 ) -> PublishOutcome:
     """Hand the event to the publisher and wait for the broker's answer, at most ``timeout``."""
     send, receive = trio.open_memory_channel[PublishOutcome](1)

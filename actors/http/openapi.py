@@ -46,7 +46,13 @@ def _error(description: str, *, retry_after: bool = False) -> dict[str, Any]:
     return response
 
 
-def openapi_document(limits: Limits, *, max_body_bytes: int) -> dict[str, Any]:
+def openapi_document(
+    limits: Limits,
+    *,
+    max_body_bytes: int,
+    max_batch_events: int = 1000,
+    max_batch_bytes: int = 1024 * 1024,
+) -> dict[str, Any]:
     event_types = sorted(limits.event_types)
     user_event = {
         "type": "object",
@@ -110,6 +116,7 @@ def openapi_document(limits: Limits, *, max_body_bytes: int) -> dict[str, Any]:
                     },
                 }
             },
+            "/events/batch": _batch_path(max_batch_events, max_batch_bytes),
             "/events/processed": {
                 "get": {
                     "summary": "Every consumed event still held, in the order it was stored",
@@ -156,6 +163,7 @@ def openapi_document(limits: Limits, *, max_body_bytes: int) -> dict[str, Any]:
             "schemas": {
                 "UserEvent": user_event,
                 "NewEvent": new_event,
+                "BatchResult": _batch_result_schema(),
                 "Error": _error_schema(),
                 "Health": {
                     "type": "object",
@@ -168,5 +176,93 @@ def openapi_document(limits: Limits, *, max_body_bytes: int) -> dict[str, Any]:
                     },
                 },
             }
+        },
+    }
+
+
+def _batch_path(max_events: int, max_bytes: int) -> dict[str, Any]:
+    events = {"type": "array", "items": {"$ref": "#/components/schemas/UserEvent"}}
+    return {
+        "post": {
+            "summary": "Publish many user-activity events, each validated on its own",
+            "description": "Each event follows the rules of POST /events/generate. 201 when "
+            "every event was published; otherwise 207 with one result per event, in order.",
+            "requestBody": {
+                "required": True,
+                "content": {
+                    _JSON: {
+                        "schema": {
+                            "type": "object",
+                            "required": ["events"],
+                            "properties": {
+                                "events": {
+                                    "type": "array",
+                                    "minItems": 1,
+                                    "maxItems": max_events,
+                                    "items": {"$ref": "#/components/schemas/NewEvent"},
+                                }
+                            },
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "201": {
+                    "description": "The broker confirmed every event",
+                    "content": {
+                        _JSON: {
+                            "schema": {
+                                "type": "object",
+                                "required": ["events"],
+                                "properties": {"events": events},
+                            }
+                        }
+                    },
+                },
+                "207": {
+                    "description": "Some events were not published: one result per event, in "
+                    "request order; Retry-After when any result is 503",
+                    "headers": {
+                        "Retry-After": {
+                            "description": "Seconds to wait (when any result is 503)",
+                            "schema": {"type": "string"},
+                        }
+                    },
+                    "content": {
+                        _JSON: {
+                            "schema": {
+                                "type": "object",
+                                "required": ["results"],
+                                "properties": {
+                                    "results": {
+                                        "type": "array",
+                                        "items": {"$ref": "#/components/schemas/BatchResult"},
+                                    }
+                                },
+                            }
+                        }
+                    },
+                },
+                "400": _error('The body is not strict JSON, not {"events": [...]}, or empty'),
+                "413": _error(
+                    f"The body is larger than {max_bytes} bytes or holds more than "
+                    f"{max_events} events"
+                ),
+                "415": _error("The Content-Type is not application/json or +json"),
+            },
+        }
+    }
+
+
+def _batch_result_schema() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["index", "status"],
+        "properties": {
+            "index": {"type": "integer", "minimum": 0},
+            "status": {"type": "integer", "enum": [201, 400, 500, 503]},
+            "event": {"$ref": "#/components/schemas/UserEvent"},
+            "message": {"type": "string"},
+            "problems": _error_schema()["properties"]["problems"],
         },
     }

@@ -49,7 +49,7 @@ def producer_config(settings: Settings) -> dict[str, Any]:
         "acks": "all",
         "message.timeout.ms": settings.delivery_timeout_ms,
         "queue.buffering.max.messages": settings.producer_queue_messages,
-        "linger.ms": 5,
+        "linger.ms": settings.linger_ms,
         "statistics.interval.ms": STATISTICS_INTERVAL_MS,
     }
 

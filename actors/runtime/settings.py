@@ -205,6 +205,13 @@ SETTINGS: tuple[Setting, ...] = (
         "Producer message.timeout.ms: how long librdkafka keeps trying one message.",
     ),
     Setting(
+        "KAFKA_LINGER_MS",
+        "linger_ms",
+        "1",
+        _integer(0, 900_000),
+        "Producer linger.ms: how long librdkafka waits to fill a batch before sending it.",
+    ),
+    Setting(
         "KAFKA_PRODUCER_QUEUE_MESSAGES",
         "producer_queue_messages",
         "10000",
@@ -310,6 +317,20 @@ SETTINGS: tuple[Setting, ...] = (
         "65536",
         _integer(1, 100 * 1024 * 1024),
         "Largest accepted request body; larger ones get 413.",
+    ),
+    Setting(
+        "MAX_BATCH_EVENTS",
+        "max_batch_events",
+        "1000",
+        _integer(1, 1_000_000),
+        "Most events in one POST /events/batch; more get 413.",
+    ),
+    Setting(
+        "MAX_BATCH_BYTES",
+        "max_batch_bytes",
+        str(1024 * 1024),
+        _integer(1, 100 * 1024 * 1024),
+        "Largest accepted POST /events/batch body; larger ones get 413.",
     ),
     Setting(
         "MAX_USER_ID_LENGTH",
@@ -426,6 +447,7 @@ class Settings:
     fetch_wait_max_ms: int
     consumer_batch_size: int
     delivery_timeout_ms: int
+    linger_ms: int
     producer_queue_messages: int
     publish_queue_size: int
     publish_timeout_ms: int
@@ -443,6 +465,8 @@ class Settings:
     http_max_connections: int
     http_body_read_seconds: int
     max_body_bytes: int
+    max_batch_events: int
+    max_batch_bytes: int
     max_user_id_length: int
     max_payload_depth: int
     max_payload_bytes: int

@@ -21,7 +21,7 @@ from store_support import list_all, store_actor
 
 from actors.consumer import run_consumer
 from actors.domain.events import Limits, new_event
-from actors.domain.messages import Put, PutOutcome, StoreCommand
+from actors.domain.messages import PutMany, PutOutcome, StoreCommand
 from actors.kafka.ports import KafkaFailure, KafkaFatalError, ProduceRejected, Record
 from actors.runtime.backoff import Backoff, no_jitter
 from actors.runtime.health import ActorState, Health
@@ -118,14 +118,15 @@ async def relay_store(
     store: trio.MemorySendChannel[StoreCommand],
     journal: list[str],
 ) -> None:
-    """Forward commands to the store and write each confirmation of a Put to ``journal``."""
+    """Forward commands to the store and write each confirmation of a PutMany to ``journal``."""
     async for command in inbox:
-        if isinstance(command, Put):
-            send, receive = trio.open_memory_channel[PutOutcome](1)
-            await store.send(Put(event=command.event, reply=send))
-            outcome = await receive.receive()
-            journal.append(f"store confirmed {command.event.user_id}")
-            command.reply.send_nowait(outcome)
+        if isinstance(command, PutMany):
+            send, receive = trio.open_memory_channel[tuple[PutOutcome, ...]](1)
+            await store.send(PutMany(events=command.events, reply=send))
+            outcomes = await receive.receive()
+            users = " ".join(event.user_id for event in command.events)
+            journal.append(f"store confirmed {users}")
+            command.reply.send_nowait(outcomes)
         else:
             await store.send(command)
 
@@ -133,7 +134,8 @@ async def relay_store(
 async def test_offsets_are_stored_in_order_after_the_store_confirmed(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """Each offset is stored right after the store confirmed its event, in record order."""
+    """Each consumed batch (BATCH_SIZE records) goes to the store as one PutMany; each offset
+    is stored after the store confirmed it, in record order."""
     journal: list[str] = []
     health = make_health()
     consumer = FakeConsumer([record(n, event_json(f"u{n}")) for n in range(3)], journal=journal)
@@ -147,9 +149,8 @@ async def test_offsets_are_stored_in_order_after_the_store_confirmed(
         events = await stored_events(store_send)
         nursery.cancel_scope.cancel()
     assert [entry for entry in journal if entry != "consumer.consume"] == [
-        "store confirmed u0",
+        "store confirmed u0 u1",
         "consumer.store_offset 0",
-        "store confirmed u1",
         "consumer.store_offset 1",
         "store confirmed u2",
         "consumer.store_offset 2",

@@ -16,7 +16,13 @@ import trio.testing
 from fakes import FENCED, FakeProducer, RecordingHealth, opener
 
 from actors.domain.events import UserEvent, new_event
-from actors.domain.messages import Placed, PublishFailed, PublishOutcome, PublishRequest
+from actors.domain.messages import (
+    Placed,
+    PublishBatch,
+    PublishFailed,
+    PublishOutcome,
+    PublishRequest,
+)
 from actors.kafka.ports import KafkaFailure, KafkaFatalError, ProduceRejected
 from actors.publisher import run_publisher
 from actors.runtime.backoff import Backoff, no_jitter
@@ -481,3 +487,78 @@ async def test_fatal_client_error_replaces_the_producer_without_a_restart(
     assert fatal.discarded_at == approx(0.0)
     assert len(fresh.produced) == 1
     assert health.counters["producer_replacements"] == 1
+
+
+async def publish_batch(
+    inbox: trio.MemorySendChannel[PublishRequest],
+    events: Sequence[UserEvent],
+    *,
+    timeout: float = 5.0,
+) -> tuple[tuple[PublishOutcome, ...], float]:
+    """Send one batch and wait for its one answer; returns it with the virtual time it came."""
+    send, receive = trio.open_memory_channel[tuple[PublishOutcome, ...]](1)
+    batch = PublishBatch(events=tuple(events), deadline=trio.current_time() + timeout, reply=send)
+    await inbox.send(batch)  # type: ignore[arg-type]
+    with receive:
+        outcomes = await receive.receive()
+    return outcomes, trio.current_time()
+
+
+async def test_batch_is_produced_back_to_back_and_answered_once_in_order(
+    autojump_clock: trio.testing.MockClock, health: Health
+) -> None:
+    """Every event of a batch is produced at once, in order, and the one answer lists each
+    event's placement in request order when the last report arrived."""
+    producer = FakeProducer(delivery_latency=0.25)
+    events = [make_event(f"u{index}") for index in range(5)]
+    async with running_publisher(producer, health) as inbox:
+        outcomes, at = await publish_batch(inbox, events)
+    assert outcomes == tuple(Placed(partition=0, offset=offset) for offset in range(5))
+    assert at == 0.25
+    assert producer.attempts == [0.0] * 5
+    assert [produced.value for produced in producer.produced] == [e.encoded for e in events]
+    assert health.counters["published"] == 5
+
+
+async def test_batch_answers_each_event_with_its_own_outcome(
+    autojump_clock: trio.testing.MockClock, health: Health
+) -> None:
+    """A refused event fails alone: its neighbours in the batch are still placed."""
+    producer = FakeProducer()
+    producer.refuse(ProduceRejected(PERMANENT))
+    async with running_publisher(producer, health) as inbox:
+        outcomes, _ = await publish_batch(inbox, [make_event("a"), make_event("b")])
+    assert isinstance(outcomes[0], PublishFailed)
+    assert outcomes[0].retriable is False
+    assert outcomes[1] == Placed(partition=0, offset=0)
+
+
+async def test_batch_retries_one_event_within_the_deadline(
+    autojump_clock: trio.testing.MockClock, health: Health
+) -> None:
+    """A retriable delivery failure of one event is retried after the backoff; the batch is
+    answered when that retry was delivered."""
+    producer = FakeProducer()
+    producer.fail_deliveries(RETRIABLE)
+    async with running_publisher(producer, health) as inbox:
+        outcomes, at = await publish_batch(inbox, [make_event("a"), make_event("b")])
+    assert outcomes == (Placed(partition=0, offset=1), Placed(partition=0, offset=0))
+    assert at == approx(0.1)
+
+
+async def test_batch_expired_in_the_inbox_is_not_produced(
+    autojump_clock: trio.testing.MockClock, health: Health
+) -> None:
+    """A batch whose deadline passed before the publisher took it is answered retriable for
+    every event, and nothing of it is produced."""
+    producer = FakeProducer()
+    send, receive = trio.open_memory_channel[tuple[PublishOutcome, ...]](1)
+    async with running_publisher(producer, health) as inbox:
+        batch = PublishBatch(
+            events=(make_event(), make_event()), deadline=trio.current_time(), reply=send
+        )
+        await inbox.send(batch)  # type: ignore[arg-type]
+        outcomes = await receive.receive()
+    assert [type(outcome) for outcome in outcomes] == [PublishFailed, PublishFailed]
+    assert all(isinstance(o, PublishFailed) and o.retriable for o in outcomes)
+    assert producer.produced == []

@@ -15,6 +15,7 @@ from actors.domain.messages import (
     Duplicate,
     EventsPage,
     Put,
+    PutMany,
     PutOutcome,
     ReadEvents,
     StoreCommand,
@@ -295,3 +296,22 @@ async def test_evictions_are_counted_logged_once_and_sizes_reported(
     assert health.gauges["store_events"] == 2
     full = [r for r in caplog.records if r.getMessage().startswith("store full")]
     assert len(full) == 1
+
+
+async def test_put_many_answers_each_event_in_order_with_one_reply() -> None:
+    """PutMany stores each new event, reports a repeat (earlier in the batch or already held)
+    as Duplicate, answers once in order, and counts both in health."""
+    health = Health(["store"])
+    held, fresh = make_event("held"), make_event("fresh")
+    async with running_store(health, **UNBOUNDED) as inbox:
+        await put(inbox, held)
+        send, receive = trio.open_memory_channel[tuple[PutOutcome, ...]](1)
+        await inbox.send(PutMany(events=(fresh, held, fresh), reply=send))
+        with receive, trio.fail_after(1):
+            outcomes = await receive.receive()
+        listed = await list_events(inbox)
+    assert outcomes == (Stored(), Duplicate(), Duplicate())
+    assert listed == (held.encoded, fresh.encoded)
+    assert health.counters["stored"] == 2
+    assert health.counters["duplicates"] == 2
+    assert health.gauges["store_events"] == 2
