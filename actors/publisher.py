@@ -102,6 +102,8 @@ class _Publisher:
         # Appended to by the delivery callback on the worker thread; deque appends are atomic.
         self._reports: collections.deque[tuple[_Attempt, DeliveryReport]] = collections.deque()
         self._unresolved = AsyncValue(0)
+        #: Messages the producer holds whose report was not settled yet.
+        self._in_flight = 0
 
     async def accept(self, command: PublisherCommand, nursery: trio.Nursery) -> None:
         """Take one request or batch from the inbox; returns once the producer holds each of
@@ -117,13 +119,17 @@ class _Publisher:
                 await self._accept_one(_Attempt(event, deadline, settle), nursery)
             case PublishBatch(events=events, deadline=deadline):
                 answer = _BatchAnswer(command)
+                self._unresolved.value += len(events)  # once: waiters are woken per change
                 for index, event in enumerate(events):
                     await self._accept_one(
-                        _Attempt(event, deadline, answer.settler(index)), nursery
+                        _Attempt(event, deadline, answer.settler(index)), nursery, counted=True
                     )
 
-    async def _accept_one(self, attempt: _Attempt, nursery: trio.Nursery) -> None:
-        self._unresolved.value += 1
+    async def _accept_one(
+        self, attempt: _Attempt, nursery: trio.Nursery, *, counted: bool = False
+    ) -> None:
+        if not counted:
+            self._unresolved.value += 1
         if trio.current_time() >= attempt.deadline:
             self._resolve(attempt, PublishFailed(reason="expired in the queue", retriable=True))
             return
@@ -151,12 +157,23 @@ class _Publisher:
                 self._retry_or_fail(attempt, rejected.failure, nursery)
                 return
             else:
+                self._in_flight += 1
                 return
 
     async def pump(self, nursery: trio.Nursery) -> None:
-        """Poll for delivery reports and settle them, forever."""
+        """Poll for delivery reports and settle them, forever.
+
+        # NOTE: a blocking poll runs in a worker thread, and the hop there and back costs more
+        # than the rest of a publish. So while messages are in flight the pump first takes the
+        # reports that are already there with ``poll(0)`` (on trio's thread, never blocking);
+        # only when there are none does it wait in the worker thread, where the first report
+        # wakes it at once. Under load reports keep arriving, and the hop is rarely needed.
+        """
         while True:
-            await self._producer.poll(PUMP_INTERVAL)
+            if self._in_flight:
+                await self._producer.poll(0)
+            if not self._reports:
+                await self._producer.poll(PUMP_INTERVAL)
             self.settle_reports(nursery)
             self._report_health()
 
@@ -164,6 +181,7 @@ class _Publisher:
         """Answer the requests whose reports arrived; without a nursery, failures are final."""
         while self._reports:
             attempt, report = self._reports.popleft()
+            self._in_flight -= 1
             match report:
                 case Placed():
                     self._resolve(attempt, report)
@@ -207,14 +225,15 @@ class _Publisher:
     def _resolve(self, attempt: _Attempt, outcome: PublishOutcome) -> None:
         if isinstance(outcome, Placed):
             self._health.count("published")
-            log_fields(
-                log,
-                logging.DEBUG,
-                "event published",
-                eventId=attempt.event.event_id,
-                partition=outcome.partition,
-                offset=outcome.offset,
-            )
+            if log.isEnabledFor(logging.DEBUG):  # per event: not even the arguments otherwise
+                log_fields(
+                    log,
+                    logging.DEBUG,
+                    "event published",
+                    eventId=attempt.event.event_id,
+                    partition=outcome.partition,
+                    offset=outcome.offset,
+                )
         else:
             self._health.count("publish_failures")
             log_fields(

@@ -175,9 +175,9 @@ def _clean_environment() -> dict[str, str]:
 
 
 @contextmanager
-def service(broker: LocalBroker) -> Iterator[Process]:
+def service(broker: LocalBroker, settings: dict[str, str]) -> Iterator[Process]:
     port = free_port()
-    env = _clean_environment() | SERVICE_ENV
+    env = _clean_environment() | SERVICE_ENV | settings
     env |= {
         "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
         "HTTP_HOST": HOST,
@@ -565,9 +565,9 @@ def listing_cost(port: int, repeats: int) -> dict[str, float]:
         lister.close()
 
 
-def store_costs(broker: LocalBroker, profile: Profile) -> dict[str, Any]:
+def store_costs(broker: LocalBroker, profile: Profile, settings: dict[str, str]) -> dict[str, Any]:
     small, large = profile.store_sizes
-    with service(broker) as process:
+    with service(broker, settings) as process:
         process.wait_healthy()
         fill_topic(broker.bootstrap_servers, 0, small)
         wait_stored(process.port, small)
@@ -588,7 +588,9 @@ def store_costs(broker: LocalBroker, profile: Profile) -> dict[str, Any]:
 # --- the run --------------------------------------------------------------------------------------
 
 
-def measure(generator: Generator, profile: Profile) -> dict[str, Any]:
+def measure(
+    generator: Generator, profile: Profile, settings: dict[str, str], *, post_only: bool
+) -> dict[str, Any]:
     """Both processes side by side on one broker; the load goes to one at a time.
 
     The POST figures alternate between the service and the null app, ``profile.rounds`` times
@@ -597,12 +599,13 @@ def measure(generator: Generator, profile: Profile) -> dict[str, Any]:
     """
     service_results: dict[str, Any] = {}
     floor_results: dict[str, Any] = {}
-    with local_broker() as broker, service(broker) as ours:
+    with local_broker() as broker, service(broker, settings) as ours:
         service_results["start_to_healthy_s"] = ours.wait_healthy()
         service_results["rss_mib_idle"] = ours.rss_bytes() / 2**20
-        service_results["e2e_idle"] = end_to_end(ours.port, profile.e2e_samples)
-        with steady_posts(ours.port, profile.steady_rate):
-            service_results["e2e_steady"] = end_to_end(ours.port, profile.e2e_samples)
+        if not post_only:
+            service_results["e2e_idle"] = end_to_end(ours.port, profile.e2e_samples)
+            with steady_posts(ours.port, profile.steady_rate):
+                service_results["e2e_steady"] = end_to_end(ours.port, profile.e2e_samples)
         with null_app() as floor:
             floor_results["start_to_healthy_s"] = floor.wait_healthy()
             for concurrency in profile.concurrencies:
@@ -613,9 +616,11 @@ def measure(generator: Generator, profile: Profile) -> dict[str, Any]:
                 key = f"post_c{concurrency}"
                 service_results[key] = _medians(rounds["service"])
                 floor_results[key] = _medians(rounds["floor"])
+        if post_only:
+            return {"service": service_results, "floor": floor_results}
         service_results["batch"] = batch_ingest(ours, generator, profile)
     with local_broker() as broker:
-        service_results["store"] = store_costs(broker, profile)
+        service_results["store"] = store_costs(broker, profile, settings)
     return {"service": service_results, "floor": floor_results}
 
 
@@ -652,21 +657,23 @@ def table(results: dict[str, Any]) -> str:
             3,
         )
     for key, label in (("e2e_idle", "idle"), ("e2e_steady", "steady POSTs")):
-        figures = service_figures[key]
-        row(f"201 → listed, {label}, p50", figures["p50_ms"], None, "ms", 1)
-        row(f"201 → listed, {label}, p99", figures["p99_ms"], None, "ms", 1)
-    batch = service_figures["batch"]
+        if key in service_figures:
+            figures = service_figures[key]
+            row(f"201 → listed, {label}, p50", figures["p50_ms"], None, "ms", 1)
+            row(f"201 → listed, {label}, p99", figures["p99_ms"], None, "ms", 1)
+    batch = service_figures.get("batch")
     if batch:
         row("batch ingest", batch["events_per_s"], None, "events/s", 0)
         row("CPU per batched event", batch["cpu_ms_per_event"], None, "ms", 4)
         row("consumer drain after load", batch["drain_s"], None, "s")
-    else:
+    elif batch is not None:
         rows.append(("batch ingest", "no /events/batch", "-", "-"))
-    store = service_figures["store"]
+    store = service_figures.get("store", {})
     for key, value in store.items():
         if key.startswith("get_ms_at_"):
             row(f"GET /events/processed at {key.removeprefix('get_ms_at_')}", value, None, "ms", 1)
-    row("RSS per stored event (marginal)", store["rss_bytes_per_event"], None, "B", 0)
+    if store:
+        row("RSS per stored event (marginal)", store["rss_bytes_per_event"], None, "B", 0)
     row(
         "start → /health 200",
         service_figures["start_to_healthy_s"],
@@ -702,7 +709,16 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="seconds-long run, for smoke tests")
     parser.add_argument("--generator", choices=("auto", "wrk", "python"), default="auto")
     parser.add_argument("--output", type=Path, default=Path("bench-results.json"))
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="VARIABLE=VALUE",
+        help="a setting of the service other than its default (to compare settings)",
+    )
+    parser.add_argument("--post-only", action="store_true", help="only the POST figures")
     args = parser.parse_args()
+    settings = dict(assignment.split("=", 1) for assignment in args.set)
     profile = TINY if args.tiny else FULL
     wrk = shutil.which("wrk")
     generator: Generator
@@ -718,7 +734,8 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "load_average": os.getloadavg(),
     }
-    results |= measure(generator, profile)
+    results["settings"] = settings
+    results |= measure(generator, profile, settings, post_only=args.post_only)
     args.output.write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
     print(f"written to {args.output}")

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import datetime
 import json
+import json.encoder
 import math
+import time
 import unicodedata
 import uuid
 from collections.abc import Callable, Mapping
@@ -43,6 +45,7 @@ __all__ = [
     "event_from_request",
     "new_event",
     "utc_timestamp",
+    "utc_timestamp_at",
 ]
 
 #: Every eventType the service knows; the EVENT_TYPES setting may narrow it.
@@ -133,10 +136,26 @@ class MalformedEvent(ValueError):
 
 def utc_timestamp(now: datetime.datetime | None = None) -> str:
     """ISO 8601 in UTC with milliseconds and a ``Z``, e.g. ``2026-11-21T10:33:25.123Z``."""
-    moment = now or datetime.datetime.now(datetime.UTC)
-    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.") + (
-        f"{moment.microsecond // 1000:03d}Z"
+    if now is None:
+        return utc_timestamp_at(time.time())
+    return now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.") + (
+        f"{now.microsecond // 1000:03d}Z"
     )
+
+
+#: The formatted second of the last :func:`utc_timestamp_at` call: every event and log line
+#: is stamped, and formatting a date is most of the cost, so each second is formatted once.
+_last_second: tuple[int, str] = (-1, "")
+
+
+def utc_timestamp_at(epoch_seconds: float) -> str:
+    """:func:`utc_timestamp` of a moment given as seconds since the epoch (``time.time()``)."""
+    global _last_second
+    milliseconds = int(epoch_seconds * 1000)
+    second, millisecond = divmod(milliseconds, 1000)
+    if _last_second[0] != second:
+        _last_second = (second, time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second)))
+    return f"{_last_second[1]}{millisecond:03d}Z"
 
 
 def new_event(
@@ -312,7 +331,8 @@ def _field_problems(
 def _user_id_problem(value: Any, limits: Limits) -> str | None:
     if not isinstance(value, str):
         return "must be a string"
-    if not any(_visible(character) for character in value):
+    # Most userIds start with a visible ASCII character; only the others need Unicode data.
+    if not ("!" <= value[:1] <= "~" or any(_visible(character) for character in value)):
         return "must not be empty"
     if len(value) > limits.max_user_id_length:
         return f"must be at most {limits.max_user_id_length} characters"
@@ -399,9 +419,11 @@ def _encode(
     event_id: str, user_id: str, event_type: str, timestamp: str, payload_bytes: bytes
 ) -> bytes:
     """The canonical bytes, as ``_compact`` of the five fields in order would give them."""
+    # encode_basestring is what json.dumps(ensure_ascii=False) uses for a string, minus the
+    # call's overhead, which is most of the cost for strings this short.
     head = (
-        f'{{"eventId":{_compact(event_id)},"userId":{_compact(user_id)},'
-        f'"eventType":{_compact(event_type)},"timestamp":{_compact(timestamp)},"payload":'
+        f'{{"eventId":{_string(event_id)},"userId":{_string(user_id)},'
+        f'"eventType":{_string(event_type)},"timestamp":{_string(timestamp)},"payload":'
     )
     return head.encode() + payload_bytes + b"}"
 
@@ -412,6 +434,9 @@ def _payload_bytes(payload: Mapping[str, Any]) -> bytes:
 
 def _not_json(error: UnicodeEncodeError) -> str:
     return f"not valid JSON ({_first_line(error)})"
+
+
+_string: Callable[[str], str] = json.encoder.encode_basestring
 
 
 def _compact(value: Any) -> str:

@@ -64,10 +64,22 @@ class KafkaConsumer:
 
     async def consume(self, max_messages: int, timeout: float) -> list[Record]:
         messages = await self._bridge.call(
-            self._consumer.consume, max_messages, min(timeout, MAX_BLOCKING_SECONDS)
+            self._consume_available, max_messages, min(timeout, MAX_BLOCKING_SECONDS)
         )
         self._connectivity.raise_if_fatal()
         return [record for message in messages if (record := self._record(message))]
+
+    def _consume_available(self, max_messages: int, timeout: float) -> list[Message]:
+        """Wait up to ``timeout`` for the first message, then take what else is already there.
+
+        # NOTE: librdkafka's ``consume(n, timeout)`` returns only once it has ``n`` messages or
+        # the timeout passed, so at light load every record would wait out the timeout. One
+        # worker-thread call for both keeps it to a single hop.
+        """
+        first = self._consumer.consume(1, timeout)
+        if not first or max_messages == 1:
+            return first
+        return first + self._consumer.consume(max_messages - 1, 0)
 
     def _record(self, message: Message) -> Record | None:
         error = message.error()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import trio
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from actors.kafka.bridge import (
@@ -59,11 +60,19 @@ class KafkaProducer:
     async def poll(self, timeout: float) -> None:
         """Serve callbacks for up to ``timeout`` seconds.
 
+        ``poll(0)`` never blocks, so it runs on trio's thread: no worker-thread hop, which is
+        what a publisher with messages in flight calls over and over. Callbacks then run on
+        trio's thread too; they only record facts, wherever they run.
+
         Raises:
             KafkaFatalError: librdkafka reported a fatal error (e.g. the idempotent producer's
                 state was lost); the client must be replaced.
         """
-        await self._bridge.call(self._producer.poll, min(timeout, MAX_BLOCKING_SECONDS))
+        if timeout <= 0:
+            await trio.lowlevel.checkpoint()
+            self._producer.poll(0)
+        else:
+            await self._bridge.call(self._producer.poll, min(timeout, MAX_BLOCKING_SECONDS))
         self._connectivity.raise_if_fatal()
 
     async def flush(self, timeout: float) -> int:

@@ -185,7 +185,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "KAFKA_FETCH_WAIT_MAX_MS",
         "fetch_wait_max_ms",
-        "500",
+        "100",
         _integer(0, 300_000),
         "Consumer fetch.wait.max.ms; end-to-end latency at light load follows it.",
     ),
