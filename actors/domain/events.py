@@ -8,7 +8,8 @@ one its consumer accepts.
 
 Synopsis::
 
-    limits = Limits()
+    limits = Limits(event_types=EVENT_TYPES, max_user_id_length=256,
+                    max_payload_depth=16, max_payload_bytes=32768)
     event = event_from_request(b'{"userId": "u1", "eventType": "LOGIN"}', limits)
     event.to_json()            # b'{"eventId":"...","userId":"u1",...}'
     decode_event(event.to_json(), limits) == event
@@ -48,12 +49,16 @@ _INT64 = 2**63
 
 @attrs.frozen(kw_only=True)
 class Limits:
-    """Bounds applied to every event, whichever door it comes through."""
+    """Bounds applied to every event, whichever door it comes through.
 
-    event_types: frozenset[str] = EVENT_TYPES
-    max_user_id_length: int = 256
-    max_payload_depth: int = 16
-    max_payload_bytes: int = 32 * 1024
+    No defaults here: the values are settings (``LimitSettings.limits()`` in
+    ``actors.runtime.settings`` builds them), declared once with their variables.
+    """
+
+    event_types: frozenset[str]
+    max_user_id_length: int
+    max_payload_depth: int
+    max_payload_bytes: int
 
 
 @attrs.frozen(kw_only=True, eq=False)
