@@ -8,8 +8,9 @@ one its consumer accepts.
 
 Synopsis::
 
-    limits = Limits(event_types=EVENT_TYPES, max_user_id_length=256,
-                    max_payload_depth=16, max_payload_bytes=32768)
+    # The service builds its limits from the settings (LimitSettings.limits()).
+    limits = Limits(event_types=frozenset({"LOGIN"}), max_user_id_length=64,
+                    max_payload_depth=4, max_payload_bytes=1024)
     event = event_from_request(b'{"userId": "u1", "eventType": "LOGIN"}', limits)
     event.to_json()            # b'{"eventId":"...","userId":"u1",...}'
     decode_event(event.to_json(), limits) == event

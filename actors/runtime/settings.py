@@ -601,7 +601,7 @@ def _setting_of(group: str, field: attrs.Attribute[Any]) -> Setting | None:
 SETTINGS: tuple[Setting, ...] = declared_settings(Settings)
 
 #: Variables whose values must never appear in logs or error messages.
-SECRET_VARIABLES = frozenset(setting.variable for setting in SETTINGS if setting.secret)
+SECRET_VARIABLES = frozenset(declared.variable for declared in SETTINGS if declared.secret)
 
 _GROUPS = _groups(Settings)
 
