@@ -93,7 +93,7 @@ def main(
     broker = None
     if arguments.local_broker:
         try:
-            broker = start_local_broker(settings.local_broker.port)
+            broker = start_local_broker(settings.local_broker.port, die_with_parent=True)
         except LocalBrokerError as error:
             print(f"local broker: {error}", file=sys.stderr)
             return 1

@@ -19,7 +19,7 @@ from settings_support import default_http_options, default_limits
 from actors.domain.events import decode_event, new_event
 from actors.domain.messages import (
     EventsPage,
-    Published,
+    Placed,
     PublishFailed,
     PublishOutcome,
     PublishRequest,
@@ -44,7 +44,7 @@ Answer = Callable[[PublishRequest], PublishOutcome | None]
 
 
 def confirm(request: PublishRequest) -> PublishOutcome:
-    return Published(partition=0, offset=7)
+    return Placed(partition=0, offset=7)
 
 
 def never_answer(request: PublishRequest) -> None:
