@@ -59,18 +59,27 @@ CLOSE_SECONDS = 5.0
 
 
 class _Backlog:
-    """Records ``consume()`` returned and the handler has not finished, oldest first."""
+    """Records ``consume()`` returned and the handler has not finished, oldest first.
+
+    A record stays in the backlog while the handler works on it; it is *unfinished* until
+    :meth:`done`, even if a revoke dropped it meanwhile, so the poll loop does not resume for
+    new records while the handler is still held up by an old one.
+    """
 
     def __init__(self) -> None:
         self._records: collections.deque[Record] = collections.deque()
-        self._size = AsyncValue(0)
+        self._handling: Record | None = None
+        self._unfinished: AsyncValue[int] = AsyncValue(0)
+
+    def __bool__(self) -> bool:
+        return self._unfinished.value > 0
 
     def __len__(self) -> int:
-        return len(self._records)
+        return self._unfinished.value
 
     def extend(self, records: Iterable[Record]) -> None:
         self._records.extend(records)
-        self._size.value = len(self._records)
+        self._count()
 
     def drop(self, partitions: frozenset[Partition]) -> int:
         """Forget the records of ``partitions``; how many there were."""
@@ -79,24 +88,32 @@ class _Backlog:
         kept = [r for r in self._records if (r.topic, r.partition) not in partitions]
         dropped = len(self._records) - len(kept)
         self._records = collections.deque(kept)
-        self._size.value = len(kept)
+        self._count()
         return dropped
 
-    async def oldest(self) -> Record:
-        """The oldest record, once there is one; it stays in the backlog until :meth:`done`."""
-        await self._size.wait_value(lambda size: size > 0)
-        return self._records[0]
+    async def take(self) -> Record:
+        """The oldest record, once there is one; unfinished until :meth:`done`."""
+        await self._unfinished.wait_value(lambda _: bool(self._records))
+        self._handling = self._records[0]
+        return self._handling
 
     def done(self, record: Record) -> bool:
-        """Take ``record`` out; ``False`` if it was dropped meanwhile (its partition revoked)."""
-        if not self._records or self._records[0] is not record:
-            return False
-        self._records.popleft()
-        self._size.value = len(self._records)
-        return True
+        """Finish ``record``; ``False`` if it was dropped meanwhile (its partition revoked)."""
+        self._handling = None
+        owned = bool(self._records) and self._records[0] is record
+        if owned:
+            self._records.popleft()
+        self._count()
+        return owned
 
-    async def wait_empty(self) -> None:
-        await self._size.wait_value(0)
+    async def wait_finished(self) -> None:
+        await self._unfinished.wait_value(0)
+
+    def _count(self) -> None:
+        dropped_in_hand = self._handling is not None and (
+            not self._records or self._records[0] is not self._handling
+        )
+        self._unfinished.value = len(self._records) + dropped_in_hand
 
 
 class _Consumer:
@@ -122,7 +139,7 @@ class _Consumer:
         while True:
             if self._backlog:
                 with trio.move_on_after(DOWNSTREAM_GRACE_SECONDS):
-                    await self._backlog.wait_empty()
+                    await self._backlog.wait_finished()
             self._steer()
             records = await self._consumer.consume(batch_size, CONSUME_TIMEOUT)
             dropped = self._backlog.drop(self._consumer.take_revoked())
@@ -156,7 +173,7 @@ class _Consumer:
         """Handle the backlog's records in order, storing each offset once handled. Never
         returns."""
         while True:
-            record = await self._backlog.oldest()
+            record = await self._backlog.take()
             await self._handle(record)
             if self._backlog.done(record):
                 self._consumer.store_offset(record)

@@ -153,6 +153,7 @@ class FakeProducer:
         self._failures: collections.deque[KafkaFailure] = collections.deque()
         self._poll_errors: collections.deque[Exception] = collections.deque()
         self._fenced = False
+        self._failing_until: tuple[KafkaFailure, float] | None = None
         self._pending: collections.deque[_Pending] = collections.deque()
         self._produced_one = trio.Event()
 
@@ -166,6 +167,10 @@ class FakeProducer:
     def fail_deliveries(self, failure: KafkaFailure, times: int = 1) -> None:
         """Report ``failure`` instead of a placement for the next ``times`` accepted messages."""
         self._failures.extend([failure] * times)
+
+    def fail_deliveries_until(self, failure: KafkaFailure, time: float) -> None:
+        """Report ``failure`` for every message accepted before the virtual ``time``."""
+        self._failing_until = (failure, time)
 
     def fence(self) -> None:
         """From now on fail every accepted message with ``PRODUCER_FENCED``, as librdkafka does
@@ -206,6 +211,8 @@ class FakeProducer:
             report = FENCED
         elif self._failures:
             report = self._failures.popleft()
+        elif self._failing_until is not None and now < self._failing_until[1]:
+            report = self._failing_until[0]
         else:
             report = Placed(partition=self.partition, offset=self._next_offset)
             self._next_offset += 1
@@ -304,6 +311,8 @@ class FakeConsumer:
         self.stored_count = AsyncValue(0)
         #: How many times ``consume`` was called.
         self.consume_calls = AsyncValue(0)
+        #: Virtual time of every ``consume`` call.
+        self.consumed_at: list[float] = []
         #: Every record ``consume`` returned, in order (read again after a rebalance included).
         self.handed_out: list[Record] = []
         self.commits: list[float] = []
@@ -362,7 +371,8 @@ class FakeConsumer:
         revoked = {_partition(record) for record in queued} | set(self._unstored)
         kept = revoked if keep is None else set(keep)
         self._revoked |= revoked
-        again = self._unstored_records()
+        # Read again: new objects with the same values, as the adapter's would be.
+        again = [attrs.evolve(record) for record in self._unstored_records()]
         self._unstored.clear()
         self._records = collections.deque(
             record for record in [*again, *queued] if _partition(record) in kept
@@ -377,6 +387,7 @@ class FakeConsumer:
         self._check_open("consume")
         await trio.lowlevel.checkpoint_if_cancelled()
         self.consume_calls.value += 1
+        self.consumed_at.append(trio.current_time())
         self._journal.append(f"{self._name}.consume")
         deadline = trio.current_time() + timeout
         self._consuming = True
