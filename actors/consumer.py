@@ -69,13 +69,14 @@ class _Backlog:
     def __init__(self) -> None:
         self._records: collections.deque[Record] = collections.deque()
         self._handling: Record | None = None
+        self._size = 0
         self._unfinished: AsyncValue[int] = AsyncValue(0)
 
     def __bool__(self) -> bool:
-        return self._unfinished.value > 0
+        return self._size > 0
 
     def __len__(self) -> int:
-        return self._unfinished.value
+        return self._size
 
     def extend(self, records: Iterable[Record]) -> None:
         self._records.extend(records)
@@ -113,7 +114,8 @@ class _Backlog:
         dropped_in_hand = self._handling is not None and (
             not self._records or self._records[0] is not self._handling
         )
-        self._unfinished.value = len(self._records) + dropped_in_hand
+        self._size = len(self._records) + dropped_in_hand
+        self._unfinished.value = self._size
 
 
 class _Consumer:
