@@ -190,6 +190,14 @@ SETTINGS: tuple[Setting, ...] = (
         "Consumer fetch.wait.max.ms; end-to-end latency at light load follows it.",
     ),
     Setting(
+        "KAFKA_MAX_POLL_INTERVAL_MS",
+        "max_poll_interval_ms",
+        "300000",
+        _integer(1, 86_400_000),
+        "Consumer max.poll.interval.ms, at least the session timeout; the consumer polls far more "
+        "often, also while paused.",
+    ),
+    Setting(
         "CONSUMER_BATCH_SIZE",
         "consumer_batch_size",
         "500",
@@ -424,6 +432,7 @@ class Settings:
     session_timeout_ms: int
     heartbeat_interval_ms: int
     fetch_wait_max_ms: int
+    max_poll_interval_ms: int
     consumer_batch_size: int
     delivery_timeout_ms: int
     producer_queue_messages: int
@@ -495,6 +504,11 @@ def _check_consistency(settings: Settings) -> None:
         raise SettingsError(
             "KAFKA_HEARTBEAT_INTERVAL_MS",
             f"must be at most a third of KAFKA_SESSION_TIMEOUT_MS ({settings.session_timeout_ms})",
+        )
+    if settings.max_poll_interval_ms < settings.session_timeout_ms:
+        raise SettingsError(
+            "KAFKA_MAX_POLL_INTERVAL_MS",
+            f"must be at least KAFKA_SESSION_TIMEOUT_MS ({settings.session_timeout_ms})",
         )
     if settings.publish_retry_backoff_ms > settings.publish_retry_backoff_max_ms:
         raise SettingsError(
