@@ -22,10 +22,10 @@ from actors.domain.events import UserEvent
 __all__ = [
     "Duplicate",
     "EventsPage",
+    "Placed",
     "PublishFailed",
     "PublishOutcome",
     "PublishRequest",
-    "Published",
     "Put",
     "PutOutcome",
     "ReadEvents",
@@ -41,8 +41,12 @@ T = TypeVar("T")
 
 
 @attrs.frozen(kw_only=True)
-class Published:
-    """The broker confirmed the event: it is on the topic at this place."""
+class Placed:
+    """Where the broker wrote a message: for an event, the broker confirmed it is on the topic.
+
+    The Kafka producer's delivery report and the publisher's answer are this one value, passed
+    on as it is.
+    """
 
     partition: int
     offset: int
@@ -56,7 +60,7 @@ class PublishFailed:
     retriable: bool
 
 
-PublishOutcome = Published | PublishFailed
+PublishOutcome = Placed | PublishFailed
 
 
 @attrs.frozen(kw_only=True)
