@@ -43,8 +43,8 @@ async def serve(port: int) -> None:
     options = ServerOptions(
         host="127.0.0.1",
         port=port,
-        keep_alive_timeout=defaults.http_keep_alive_seconds,
-        max_connections=defaults.http_max_connections,
+        keep_alive_timeout=defaults.http.keep_alive_seconds,
+        max_connections=defaults.http.max_connections,
         graceful_timeout=1.0,
     )
     await serve_http(create_null_app(), options, trio.sleep_forever)

@@ -46,10 +46,12 @@ _COMPACT = (",", ":")
 
 @attrs.frozen(kw_only=True)
 class BatchOptions:
-    max_events: int = 1000
-    max_bytes: int = 1024 * 1024
-    #: Most events of batches waiting for the publisher's answer at once.
-    max_waiting_events: int = 1000
+    """The bounds of one batch (``MAX_BATCH_EVENTS``, ``MAX_BATCH_BYTES``) and of the events of
+    all batches waiting for the publisher's answer at once."""
+
+    max_events: int
+    max_bytes: int
+    max_waiting_events: int
 
 
 class TooLarge(Exception):

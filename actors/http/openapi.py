@@ -50,8 +50,8 @@ def openapi_document(
     limits: Limits,
     *,
     max_body_bytes: int,
-    max_batch_events: int = 1000,
-    max_batch_bytes: int = 1024 * 1024,
+    max_batch_events: int,
+    max_batch_bytes: int,
 ) -> dict[str, Any]:
     event_types = sorted(limits.event_types)
     user_event = {

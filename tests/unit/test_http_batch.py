@@ -12,8 +12,9 @@ import pytest
 import quart.typing
 import trio
 import trio.testing
+from settings_support import default_http_options, default_limits
 
-from actors.domain.events import Limits, UserEvent
+from actors.domain.events import UserEvent
 from actors.domain.messages import (
     Placed,
     PublishBatch,
@@ -29,8 +30,8 @@ from actors.runtime.health import ActorState, Health
 PUBLISH_TIMEOUT = 2.5
 MAX_BATCH_EVENTS = 5
 MAX_BATCH_BYTES = 2048
-OPTIONS = HttpOptions(
-    limits=Limits(max_payload_bytes=512),
+OPTIONS = default_http_options(
+    limits=default_limits(max_payload_bytes=512),
     publish_timeout=PUBLISH_TIMEOUT,
     max_body_bytes=1024,
     batch=BatchOptions(
