@@ -142,6 +142,8 @@ class FakeProducer:
         self.attempts: list[float] = []
         #: Virtual time of every ``flush`` call.
         self.flushes: list[float] = []
+        #: The ``timeout`` of every ``poll`` call, in order.
+        self.poll_timeouts: list[float] = []
         #: Virtual time of the ``discard`` call, once it came.
         self.discarded_at: float | None = None
         #: How many reports were handed to callbacks so far.
@@ -225,6 +227,7 @@ class FakeProducer:
 
     async def poll(self, timeout: float) -> None:
         self._check_open("poll")
+        self.poll_timeouts.append(timeout)
         await trio.lowlevel.checkpoint_if_cancelled()
         if self._poll_errors:
             raise self._poll_errors.popleft()

@@ -254,7 +254,7 @@ class KafkaSettings:
     )
     linger_ms: int = setting(
         "KAFKA_LINGER_MS",
-        "0",
+        "1",
         _integer(0, 900_000),
         "Producer linger.ms: how long librdkafka waits to fill a batch before sending it.",
     )

@@ -24,7 +24,7 @@ from actors.domain.messages import (
     PublishRequest,
 )
 from actors.kafka.ports import KafkaFailure, KafkaFatalError, ProduceRejected
-from actors.publisher import run_publisher
+from actors.publisher import PUMP_INTERVAL, run_publisher
 from actors.runtime.backoff import Backoff, no_jitter
 from actors.runtime.health import ActorState, Health
 
@@ -562,3 +562,23 @@ async def test_batch_expired_in_the_inbox_is_not_produced(
     assert [type(outcome) for outcome in outcomes] == [PublishFailed, PublishFailed]
     assert all(isinstance(o, PublishFailed) and o.retriable for o in outcomes)
     assert producer.produced == []
+
+
+async def test_reports_in_flight_are_taken_without_waiting_and_idle_polls_block(
+    autojump_clock: trio.testing.MockClock, health: Health
+) -> None:
+    """With nothing in flight the pump waits in a blocking poll (PUMP_INTERVAL); with messages
+    in flight it first takes the reports already there with poll(0), and waits only when
+    there are none, so each answer still comes exactly when its report does."""
+    producer = FakeProducer(delivery_latency=0.25)
+    async with running_publisher(producer, health) as inbox:
+        await trio.sleep(0.35)
+        idle = list(producer.poll_timeouts)
+        outcome, at = await publish(inbox, make_event())
+    assert idle
+    assert set(idle) == {PUMP_INTERVAL}
+    assert outcome == Placed(partition=0, offset=0)
+    assert at == approx(0.6)
+    after_produce = producer.poll_timeouts[len(idle) :]
+    assert 0 in after_produce
+    assert PUMP_INTERVAL in after_produce[after_produce.index(0) :]
