@@ -16,7 +16,7 @@ from __future__ import annotations
 import collections
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import Protocol
 
 import attrs
 import pytest
@@ -41,7 +41,7 @@ from actors.kafka.ports import (
     Record,
 )
 from actors.kafka.producer import KafkaProducer
-from actors.runtime.settings import load_settings
+from actors.runtime.settings import KafkaSettings, load_settings
 
 __all__ = ["Backend", "app_url", "broker"]
 
@@ -249,7 +249,7 @@ class KafkaBackend:
         futures = admin.create_topics([NewTopic(self.topic, num_partitions=PARTITIONS)])
         futures[self.topic].result(timeout=10)
 
-    def _settings(self, bootstrap_servers: str, **extra: str) -> Any:
+    def _settings(self, bootstrap_servers: str, **extra: str) -> KafkaSettings:
         return load_settings(
             {
                 "KAFKA_BOOTSTRAP_SERVERS": bootstrap_servers,
@@ -259,7 +259,7 @@ class KafkaBackend:
                 "KAFKA_FETCH_WAIT_MAX_MS": "100",
                 **extra,
             }
-        )
+        ).kafka
 
     def producer(self) -> ProducerPort:
         return KafkaProducer(producer_config(self._settings(self._bootstrap_servers)))
