@@ -23,10 +23,11 @@ from typing import Any
 
 import attrs
 import httpx
-
-from .conftest import OwnBroker, ServiceProcess, Spawn, wait_until
-from .test_outage import Outcome, figures, post, post_until
-from .test_poison import header_dict
+from support.faults import OwnBroker
+from support.kafka_tools import header_dict
+from support.services import ServiceProcess, Spawn
+from support.traffic import Outcome, figures, post, post_until
+from support.waiting import wait_until
 
 DELIVERY_TIMEOUT = 3.0
 

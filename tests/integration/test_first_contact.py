@@ -11,10 +11,10 @@ import sys
 import time
 
 import httpx
+from support.services import REPO_ROOT, Spawn
+from support.waiting import wait_until
 
 from actors.local_broker import free_port, start_local_broker
-
-from .conftest import REPO_ROOT, Spawn, wait_until
 
 README = REPO_ROOT / "README.md"
 

@@ -1,4 +1,5 @@
-"""Brokers of a test's own, which it may pause (``SIGSTOP``) and continue (``SIGCONT``).
+"""Brokers: the one a test session uses, and brokers of a test's own, which it may pause
+(``SIGSTOP``) and continue (``SIGCONT``).
 
 A paused broker process keeps its sockets: connections stay open and new ones are accepted by
 the kernel, but nothing is answered. That is a broker *stall* (a long GC pause, a frozen VM), a
@@ -26,9 +27,17 @@ from pathlib import Path
 
 import attrs
 
-from actors.local_broker import start_local_broker
+from actors.local_broker import LocalBroker, start_local_broker
 
-__all__ = ["BROKER_KINDS", "StallableBroker", "start_stallable"]
+__all__ = ["BROKER_KINDS", "Broker", "StallableBroker", "start_stallable"]
+
+
+@attrs.frozen
+class Broker:
+    """A broker that answered ``list_topics()``; ``local`` is set when this session started it."""
+
+    bootstrap_servers: str
+    local: LocalBroker | None = None
 
 
 @attrs.define
