@@ -36,7 +36,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.brokers import BROKER_KINDS, Broker, start_stallable
+from support.apache_kafka import KafkaBrokerError, start_kafka
+from support.brokers import Broker, OwnBrokerProcess, selected_kind, start_broker
 from support.faults import OwnBroker, ProxiedBroker
 from support.kafka_tools import KafkaTools, wait_for_broker
 from support.proxy import TcpProxy
@@ -57,11 +58,25 @@ _DEFAULTS = {setting.variable: setting.default for setting in SETTINGS}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Every test under tests/integration is an integration test with a bounded run time."""
+    """Every test under tests/integration is an integration test with a bounded run time.
+
+    Tests marked ``durable_broker`` (a broker restart that keeps the log) are deselected, not
+    skipped, when the suite runs on Tansu, whose memory storage forgets everything on a
+    restart: the run says how many were deselected, and CI runs them on the Kafka legs.
+    """
+    durable = selected_kind() != "tansu"
+    kept, deselected = [], []
     for item in items:
         if HERE in item.path.parents:
             item.add_marker(pytest.mark.integration)
             item.add_marker(pytest.mark.timeout(TEST_TIMEOUT))
+            if item.get_closest_marker("durable_broker") is not None and not durable:
+                deselected.append(item)
+                continue
+        kept.append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept
 
 
 _SERVICES = pytest.StashKey["Services"]()
@@ -89,8 +104,8 @@ def app_url() -> str | None:
 
 @pytest.fixture(scope="session")
 def broker(app_url: str | None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    """``KAFKA_BOOTSTRAP_SERVERS`` if set, else a fresh Tansu for this session; fails (never
-    skips) when no broker can be had."""
+    """``KAFKA_BOOTSTRAP_SERVERS`` if set, else a fresh broker of the kind ``TEST_BROKER``
+    names (Tansu by default) for this session; fails (never skips) when no broker can be had."""
     configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
     if configured:
         wait_for_broker(configured)
@@ -102,6 +117,18 @@ def broker(app_url: str | None, tmp_path_factory: pytest.TempPathFactory) -> Ite
             "external service uses",
             pytrace=False,
         )
+    kind = selected_kind()
+    if kind != "tansu":
+        folder = tmp_path_factory.mktemp("broker")
+        try:
+            kafka = start_kafka(kind, data_dir=folder / "data", log_dir=folder)
+        except KafkaBrokerError as error:
+            pytest.fail(f"could not start the {kind} broker: {error}", pytrace=False)
+        try:
+            yield Broker(kafka.bootstrap_servers, kind)
+        finally:
+            kafka.close()  # Kafka, then ZooKeeper; the data folder is removed
+        return
     log_path = tmp_path_factory.mktemp("broker") / "tansu.log"
     with log_path.open("wb") as output:
         try:
@@ -116,7 +143,7 @@ def broker(app_url: str | None, tmp_path_factory: pytest.TempPathFactory) -> Ite
                 f"see {log_path}",
                 pytrace=False,
             )
-        yield Broker(local.bootstrap_servers, local)
+        yield Broker(local.bootstrap_servers, "tansu")
     finally:
         local.stop()  # SIGINT: Tansu exits at once (SIGTERM waits for clients)
 
@@ -182,39 +209,40 @@ def process_control(service: Services) -> Spawn:
 
 @pytest.fixture
 def proxied_broker(service: Services, tmp_path: Path) -> Iterator[ProxiedBroker]:
-    """A fresh broker reachable only through a cuttable proxy; the services this test spawned
-    are stopped before it (with the path restored, so that they stop promptly)."""
+    """A fresh broker of the suite's kind reachable only through a cuttable proxy; the services
+    this test spawned are stopped before it (with the path restored, so that they stop
+    promptly)."""
     if service.external:
         pytest.skip("cuts the path between the service and its broker; APP_URL is external")
-    proxy_port = free_port()
-    with (tmp_path / "tansu-proxied.log").open("wb") as output:
-        local = start_local_broker(advertised_port=proxy_port, output=output)
-    try:
-        with TcpProxy(listen_port=proxy_port, target_port=local.port) as proxy:
+    proxy_port, broker_port = free_port(), free_port()
+    with TcpProxy(listen_port=proxy_port, target_port=broker_port) as proxy:
+        own = _own_broker(selected_kind(), tmp_path, port=broker_port, advertised_port=proxy_port)
+        try:
             address = f"127.0.0.1:{proxy_port}"
             wait_for_broker(address)
-            if not local.alive():
-                pytest.fail(f"the proxied broker exited (code {local.process.returncode})")
+            if not own.alive():
+                pytest.fail(f"the proxied broker exited (code {own.process.returncode})")
             tools = KafkaTools(address)
             try:
-                yield ProxiedBroker(local=local, proxy=proxy, kafka=tools)
+                yield ProxiedBroker(broker=own, proxy=proxy, kafka=tools)
             finally:
                 proxy.restore()
                 service.close()
                 tools.close()
-    finally:
-        local.stop()
+        finally:
+            own.stop()
 
 
-@pytest.fixture(params=sorted(BROKER_KINDS))
+@pytest.fixture(params=[selected_kind()])
 def stallable_broker(
     request: pytest.FixtureRequest, service: Services, tmp_path: Path
 ) -> Iterator[OwnBroker]:
-    """A fresh broker of each kind in ``BROKER_KINDS`` that the test may pause and resume; the
-    services this test spawned are stopped before it (with the broker running again)."""
+    """A fresh broker of the suite's kind (``TEST_BROKER``, the test id) that the test may
+    pause and resume, or (Apache Kafka) stop and start again; the services this test spawned
+    are stopped before it (with the broker running again)."""
     if service.external:
         pytest.skip("pauses the service's broker; APP_URL is external")
-    broker = start_stallable(request.param, log_dir=tmp_path)
+    broker = _own_broker(request.param, tmp_path)
     try:
         wait_for_broker(broker.bootstrap_servers)
         if not broker.alive():
@@ -228,3 +256,13 @@ def stallable_broker(
             tools.close()
     finally:
         broker.stop()
+
+
+def _own_broker(
+    kind: str, log_dir: Path, *, port: int = 0, advertised_port: int | None = None
+) -> OwnBrokerProcess:
+    """A broker of a test's own, or the test fails (never skips) naming why."""
+    try:
+        return start_broker(kind, log_dir=log_dir, port=port, advertised_port=advertised_port)
+    except (KafkaBrokerError, LocalBrokerError) as error:
+        pytest.fail(f"could not start a {kind} broker: {error}", pytrace=False)

@@ -8,7 +8,7 @@ promise: the service replaces such a producer by itself, answers the requests ca
 ``503`` (retriable), shows ``degraded`` health meanwhile, and publishes again within a few
 seconds of the broker's return; the dead-letter producer recovers likewise and loses nothing.
 
-Each test runs on every broker kind of ``brokers.BROKER_KINDS``.
+Each test runs on the suite's broker kind (``TEST_BROKER``, see ``support/brokers.py``).
 """
 
 from __future__ import annotations
@@ -21,12 +21,11 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import attrs
 import httpx
 from support.faults import OwnBroker
 from support.kafka_tools import header_dict
 from support.services import ServiceProcess, Spawn
-from support.traffic import Outcome, figures, post, post_until
+from support.traffic import HealthSample, Outcome, figures, post, post_until, watch_health
 from support.waiting import wait_until
 
 DELIVERY_TIMEOUT = 3.0
@@ -47,33 +46,6 @@ RECOVERY_BOUND = 5.0
 
 #: How long the test keeps posting after the return before it judges what it saw.
 WATCH_AFTER_RESUME = 12.0
-
-
-@attrs.frozen
-class HealthSample:
-    at: float
-    status: int
-    states: dict[str, str]
-    details: dict[str, str]
-    counters: dict[str, int]
-
-
-def watch_health(app: ServiceProcess, stop: threading.Event, samples: list[HealthSample]) -> None:
-    """Sample GET /health about every 50 ms until ``stop`` (list appends are thread-safe)."""
-    with httpx.Client(base_url=app.base_url, timeout=2) as client:
-        while not stop.is_set():
-            response = client.get("/health")
-            body: dict[str, Any] = response.json()
-            samples.append(
-                HealthSample(
-                    time.monotonic(),
-                    response.status_code,
-                    {name: actor["state"] for name, actor in body["actors"].items()},
-                    {name: actor.get("detail", "") for name, actor in body["actors"].items()},
-                    body["counters"],
-                )
-            )
-            time.sleep(0.05)  # paces the samples
 
 
 def stall(own: OwnBroker) -> float:

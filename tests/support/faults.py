@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import attrs
 
-from actors.local_broker import LocalBroker
-
-from .brokers import StallableBroker
+from .brokers import OwnBrokerProcess
 from .kafka_tools import KafkaTools
 from .proxy import TcpProxy
 
@@ -21,14 +19,15 @@ __all__ = ["OwnBroker", "ProxiedBroker"]
 
 @attrs.frozen
 class ProxiedBroker:
-    """A Tansu of its own behind a :class:`TcpProxy` that a test may cut and restore.
+    """A broker of its own (of the suite's kind) behind a :class:`TcpProxy` that a test may
+    cut and restore.
 
     The broker advertises the proxy's address, so every client (the service's and ``kafka``, an
     independent reader and producer) reaches it only through the proxy. Read with ``kafka``
     only while the proxy forwards.
     """
 
-    local: LocalBroker
+    broker: OwnBrokerProcess
     proxy: TcpProxy
     kafka: KafkaTools
 
@@ -39,9 +38,10 @@ class ProxiedBroker:
 
 @attrs.frozen
 class OwnBroker:
-    """A broker process of this test's own (so it may be paused) and a client set on it."""
+    """A broker process of this test's own (so it may be paused, or for Apache Kafka stopped
+    and started again) and a client set on it."""
 
-    broker: StallableBroker
+    broker: OwnBrokerProcess
     kafka: KafkaTools
 
     @property

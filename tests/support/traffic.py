@@ -15,13 +15,15 @@ import statistics
 import threading
 import time
 from collections.abc import Iterable
+from typing import Any
 
 import attrs
 import httpx
 
 from .events import unique_user
+from .services import ServiceHandle
 
-__all__ = ["Outcome", "figures", "post", "post_until"]
+__all__ = ["HealthSample", "Outcome", "figures", "post", "post_until", "watch_health"]
 
 
 @attrs.frozen
@@ -65,3 +67,32 @@ def figures(seconds: Iterable[float]) -> str:
         f"n={len(values)} min={values[0]:.3f} s median={statistics.median(values):.3f} s "
         f"max={values[-1]:.3f} s"
     )
+
+
+@attrs.frozen
+class HealthSample:
+    """One GET /health: when, its status, and each actor's state and detail."""
+
+    at: float
+    status: int
+    states: dict[str, str]
+    details: dict[str, str]
+    counters: dict[str, int]
+
+
+def watch_health(app: ServiceHandle, stop: threading.Event, samples: list[HealthSample]) -> None:
+    """Sample GET /health about every 50 ms until ``stop`` (list appends are thread-safe)."""
+    with httpx.Client(base_url=app.base_url, timeout=2) as client:
+        while not stop.is_set():
+            response = client.get("/health")
+            body: dict[str, Any] = response.json()
+            samples.append(
+                HealthSample(
+                    time.monotonic(),
+                    response.status_code,
+                    {name: actor["state"] for name, actor in body["actors"].items()},
+                    {name: actor.get("detail", "") for name, actor in body["actors"].items()},
+                    body["counters"],
+                )
+            )
+            time.sleep(0.05)  # paces the samples
