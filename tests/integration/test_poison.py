@@ -23,8 +23,10 @@ from support.services import ServiceProcess, Spawn
 from support.waiting import wait_until
 
 #: Bigger than librdkafka's default ``message.max.bytes`` (1 000 000): the poison producer
-#: raises its own limit, and the broker must accept the record for the test to mean anything.
-ONE_MEGABYTE = 1024 * 1024
+#: raises its own limit, and the broker must accept the record for the test to mean anything:
+#: Apache Kafka's default broker limit (``message.max.bytes``, 1 048 588 bytes a batch) takes a
+#: record of 1 MB (10**6 bytes), not one of 1 MiB. Tansu enforces no limit.
+ONE_MEGABYTE = 1_000_000
 
 #: Far deeper than Python's recursion limit: the decoder must fail cleanly, not crash.
 DEEP_NESTING = 10_000
