@@ -5,10 +5,12 @@ Fixtures and hooks only; what they are built from lives in the ``support`` packa
 
 Two modes:
 
-- **Default**: the session starts a fresh Tansu broker (or uses ``KAFKA_BOOTSTRAP_SERVERS`` when
-  it is set), and each test starts the service as a subprocess (``python -m actors``) on its own
-  topic and consumer group, with fast consumer-group timings and a free HTTP port. Nothing is
-  ever skipped in this mode; a broker that cannot be had fails the tests.
+- **Default**: the session starts a fresh broker of the kind ``TEST_BROKER`` names (``tansu``,
+  the default, ``kafka-zk`` or ``kafka-kraft``; see support/brokers.py), or uses
+  ``KAFKA_BOOTSTRAP_SERVERS`` when it is set, and each test starts the service as a subprocess
+  (``python -m actors``) on its own topic and consumer group, with fast consumer-group timings
+  and a free HTTP port. Nothing is ever skipped in this mode; a broker that cannot be had fails
+  the tests.
 - **External** (``APP_URL`` set, e.g. a compose stack): no process is spawned; ``service()``
   returns a handle on ``APP_URL``, the broker is ``KAFKA_BOOTSTRAP_SERVERS`` and the topic and
   group are the service's configured ones. Tests that stop, restart or kill the process, or read

@@ -1,11 +1,11 @@
 """Broker outages: the path between the service and a live broker is cut, then restored.
 
-The broker keeps running behind a :class:`~tests.support.proxy.TcpProxy` (its in-memory
-data survives); the real service process talks to it through the proxy, and an independent
-client reads the topic back through the proxy once it forwards again. The promise: during an
-outage the service answers quickly (``503`` with ``Retry-After``, never a hang), never answers
-``201`` for an event that is not on the topic, sheds load instead of growing, and recovers by
-itself.
+The broker (of the suite's kind, ``TEST_BROKER``) keeps running behind a
+:class:`~tests.support.proxy.TcpProxy` (its data survives); the real service process talks to it
+through the proxy, and an independent client reads the topic back through the proxy once it
+forwards again. The promise: during an outage the service answers quickly (``503`` with
+``Retry-After``, never a hang), never answers ``201`` for an event that is not on the topic,
+sheds load instead of growing, and recovers by itself.
 """
 
 from __future__ import annotations
