@@ -224,6 +224,7 @@ def fetch(distribution: Distribution, *, quiet: bool = True) -> Path:
                 mvn,
                 *(["-q"] if quiet else []),
                 "-B",
+                "-Dstyle.color=never",
                 "-f",
                 str(folder / "pom.xml"),
                 "dependency:copy-dependencies",
