@@ -46,12 +46,20 @@ from actors.local_broker import free_port
 
 __all__ = [
     "COMPOSE_BROKER_SETTINGS",
+    "COMPOSE_ZOOKEEPER_SETTINGS",
     "KINDS",
+    "KRAFT_BROKER_SETTINGS",
+    "KRAFT_DISTRIBUTION",
     "TEST_ONLY_SETTINGS",
+    "ZK_DISTRIBUTION",
+    "Distribution",
     "KafkaBroker",
+    "KafkaBrokerError",
+    "broker_settings",
     "cache_root",
     "fetch",
     "start_kafka",
+    "wait_ready",
 ]
 
 
@@ -470,6 +478,7 @@ def start_kafka(
     )
     config = data_dir / "server.properties"
     config.write_text(_properties(broker_settings(kind, data_dir=data_dir, ports=ports)))
+    started = False
     try:
         if kind == "kafka-zk":
             zk_config = data_dir / "zookeeper.properties"
@@ -487,9 +496,10 @@ def start_kafka(
         else:
             _format_storage(broker, config)
         broker.start_kafka(timeout=timeout)
-    except BaseException:
-        broker.close()
-        raise
+        started = True
+    finally:
+        if not started:  # whatever went wrong (Ctrl-C too): stop what was started
+            broker.close()
     return broker
 
 
