@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import json
-import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .conftest import KafkaTools, Services, Spawn
+from support.events import unique_user
+from support.kafka_tools import KafkaTools
+from support.services import Services, Spawn
 
 
 def batch_item(user_id: str, **payload: Any) -> dict[str, Any]:
     return {"userId": user_id, "eventType": "PRODUCT_VIEW", "payload": payload}
-
-
-def unique_user() -> str:
-    return f"user-{uuid.uuid4().hex[:8]}"
 
 
 def topic_events(kafka: KafkaTools, topic: str, count: int) -> list[dict[str, Any]]:
