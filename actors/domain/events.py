@@ -26,6 +26,7 @@ import datetime
 import json
 import json.encoder
 import math
+import re
 import time
 import unicodedata
 import uuid
@@ -306,15 +307,8 @@ def _field_problems(
 ) -> tuple[list[Problem], bytes | None]:
     """Every problem of the document, field by field, and the payload's bytes when it is valid:
     measuring the payload against the limit encodes it, and the event reuses that encoding."""
-    checks: list[tuple[str, Callable[[Any, Limits], str | None], bool]] = [
-        ("userId", _user_id_problem, True),
-        ("eventType", _event_type_problem, True),
-        ("payload", _payload_problem, False),
-    ]
-    if require_identity:
-        checks[:0] = [("eventId", _event_id_problem, True), ("timestamp", _timestamp_problem, True)]
     problems = []
-    for field, check, required in checks:
+    for field, check, required in _STORED_CHECKS if require_identity else _REQUEST_CHECKS:
         if field not in document:
             if required:
                 problems.append(Problem(field, "is required"))
@@ -379,16 +373,14 @@ def _payload_problem(value: Any, limits: Limits) -> str | None:
     return None  # its size is measured on its encoding, in _field_problems
 
 
+#: The canonical spelling of a UUID, ``str(uuid.UUID(...))``: lowercase hex, 8-4-4-4-12.
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def _event_id_problem(value: Any, limits: Limits) -> str | None:
     # Only the canonical lowercase spelling: the store deduplicates on the string, so one UUID
     # written two ways must not count as two events.
-    if not isinstance(value, str):
-        return "must be a UUID in canonical lowercase form"
-    try:
-        canonical = str(uuid.UUID(value))
-    except ValueError:
-        canonical = None
-    if canonical != value:
+    if not isinstance(value, str) or _CANONICAL_UUID.fullmatch(value) is None:
         return "must be a UUID in canonical lowercase form"
     return None
 
@@ -445,8 +437,28 @@ def _not_json(error: UnicodeEncodeError) -> str:
 _string: Callable[[str], str] = json.encoder.encode_basestring
 
 
+_Check = tuple[str, Callable[[Any, Limits], str | None], bool]
+
+#: The field checks of a request event (field, check, required), in the order problems are
+#: listed; a stored event (read from Kafka) has its identity checked first.
+_REQUEST_CHECKS: tuple[_Check, ...] = (
+    ("userId", _user_id_problem, True),
+    ("eventType", _event_type_problem, True),
+    ("payload", _payload_problem, False),
+)
+_STORED_CHECKS: tuple[_Check, ...] = (
+    ("eventId", _event_id_problem, True),
+    ("timestamp", _timestamp_problem, True),
+    *_REQUEST_CHECKS,
+)
+
+# One encoder and one decoder for every event: json.dumps and json.loads with options build a
+# new one per call, which costs as much as encoding or parsing a small event.
+_COMPACT_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def _compact(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _COMPACT_ENCODER.encode(value)
 
 
 def _parse_json(raw: bytes) -> Any:
@@ -455,16 +467,12 @@ def _parse_json(raw: bytes) -> Any:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise MalformedEvent("not valid UTF-8") from None
+    if text.startswith("\ufeff"):  # json.loads refuses a BOM; the decoder leaves that to it
+        raise MalformedEvent(f"not valid JSON ({_BOM_REFUSED})")
     try:
         # NOTE: JSON allows escaped lone surrogates ("\ud800") that no UTF-8 encoder accepts;
         # the event's one encoding rejects them (see _make's callers), not a second one here.
-        document = json.loads(
-            text,
-            object_pairs_hook=_reject_duplicate_keys,
-            parse_int=_bounded_int,
-            parse_float=_finite_float,
-            parse_constant=_reject_constant,
-        )
+        document = _STRICT_DECODER.decode(text)
     except RecursionError:
         raise MalformedEvent("JSON nested too deeply") from None
     except MalformedEvent:
@@ -505,3 +513,14 @@ def _reject_constant(name: str) -> Any:
 
 def _first_line(error: Exception) -> str:
     return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+#: What json.loads says of a leading byte order mark.
+_BOM_REFUSED = "Unexpected UTF-8 BOM (decode using utf-8-sig): line 1 column 1 (char 0)"
+
+_STRICT_DECODER = json.JSONDecoder(
+    object_pairs_hook=_reject_duplicate_keys,
+    parse_int=_bounded_int,
+    parse_float=_finite_float,
+    parse_constant=_reject_constant,
+)

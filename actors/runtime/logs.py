@@ -40,7 +40,11 @@ class JsonLineFormatter(logging.Formatter):
         line.update(getattr(record, _FIELDS_ATTRIBUTE, {}))
         if record.exc_info:
             line["error"] = self.formatException(record.exc_info)
-        return json.dumps(line, ensure_ascii=True, default=str)
+        return _LINE_ENCODER.encode(line)
+
+
+#: One encoder for every line: ``json.dumps`` with options builds a new one per call.
+_LINE_ENCODER = json.JSONEncoder(ensure_ascii=True, default=str)
 
 
 def configure_logging(level: str) -> None:
@@ -50,6 +54,10 @@ def configure_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # The lines show none of these; looking them up is a good part of each record's cost.
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
 
 
 def log_fields(logger: logging.Logger, level: int, message: str, **fields: Any) -> None:
