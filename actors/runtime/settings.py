@@ -361,6 +361,35 @@ SETTINGS: tuple[Setting, ...] = (
         _integer(1024 * 1024, 1024**4),
         "Most bytes the stored events may take (JSON plus 180 B each); then the oldest go.",
     ),
+    # Idempotency keys and live streams.
+    Setting(
+        "IDEMPOTENCY_MAX_KEYS",
+        "idempotency_max_keys",
+        "100000",
+        _integer(1, 10_000_000),
+        "Most Idempotency-Key values remembered; beyond it the oldest answered ones go.",
+    ),
+    Setting(
+        "IDEMPOTENCY_TTL_SECONDS",
+        "idempotency_ttl_seconds",
+        str(24 * 3600),
+        _integer(1, 30 * 24 * 3600),
+        "Seconds an answered Idempotency-Key is remembered; a later repeat is a new request.",
+    ),
+    Setting(
+        "MAX_STREAM_SUBSCRIBERS",
+        "max_stream_subscribers",
+        "64",
+        _integer(1, 10_000),
+        "Open GET /events/stream subscriptions at most; beyond it the request gets 503.",
+    ),
+    Setting(
+        "STREAM_BUFFER_EVENTS",
+        "stream_buffer_events",
+        "1000",
+        _integer(1, 1_000_000),
+        "Events buffered per stream subscriber; one that falls this far behind is disconnected.",
+    ),
     # Lifecycle.
     Setting(
         "SHUTDOWN_TIMEOUT_MS",
@@ -450,6 +479,10 @@ class Settings:
     http_max_listings: int
     store_max_events: int
     store_max_bytes: int
+    idempotency_max_keys: int
+    idempotency_ttl_seconds: int
+    max_stream_subscribers: int
+    stream_buffer_events: int
     shutdown_timeout_ms: int
     restart_backoff_ms: int
     restart_max_failures: int
