@@ -19,7 +19,7 @@ from collections.abc import Callable
 import trio
 
 from actors.domain.events import Limits, MalformedEvent, UserEvent, decode_event
-from actors.domain.messages import Put, PutOutcome, StoreCommand, Stored
+from actors.domain.messages import Placed, Put, PutOutcome, StoreCommand, Stored
 from actors.kafka.ports import (
     ConsumerPort,
     DeliveryReport,
@@ -75,7 +75,7 @@ class _Consumer:
         except MalformedEvent as error:
             await self._reject(record, str(error))
             return
-        outcome = await self._put(event)
+        outcome = await self._put(event, Placed(partition=record.partition, offset=record.offset))
         log_fields(
             log,
             logging.INFO,
@@ -88,9 +88,9 @@ class _Consumer:
             outcome="stored" if isinstance(outcome, Stored) else "duplicate",
         )
 
-    async def _put(self, event: UserEvent) -> PutOutcome:
+    async def _put(self, event: UserEvent, source: Placed) -> PutOutcome:
         send, receive = trio.open_memory_channel[PutOutcome](1)
-        await self._store.send(Put(event=event, reply=send))
+        await self._store.send(Put(event=event, source=source, reply=send))
         with receive:
             return await receive.receive()
 

@@ -359,7 +359,7 @@ SETTINGS: tuple[Setting, ...] = (
         "store_max_bytes",
         str(64 * 1024 * 1024),
         _integer(1024 * 1024, 1024**4),
-        "Most bytes the stored events may take (JSON plus 180 B each); then the oldest go.",
+        "Most bytes the stored events may take (JSON plus 230 B each); then the oldest go.",
     ),
     # Idempotency keys and live streams.
     Setting(
