@@ -34,7 +34,6 @@ from actors.domain.messages import (
     LedgerFull,
     Replay,
     Settle,
-    reply,
 )
 from actors.runtime.health import ActorState, Health
 
@@ -81,15 +80,21 @@ def _created(record: bytes) -> Replay:
 class IdempotencyLedger:
     """Keys in flight and keys answered, bounded by ``max_keys`` and ``ttl`` seconds.
 
-    Keys in flight are never evicted (their requests settle them within the publish timeout);
-    answered keys expire ``ttl`` after their answer and, when a new key finds the ledger full,
-    the oldest answered key makes room. Times are :func:`trio.current_time` values.
+    Keys in flight are never evicted for room: their requests settle them within the publish
+    timeout. One that is not settled within ``in_flight_limit`` seconds (its request's
+    settlement was lost) is forgotten, so no key stays in flight for good. Answered keys expire
+    ``ttl`` after their answer and, when a new key finds the ledger full, the oldest answered
+    key makes room. Times are :func:`trio.current_time` values.
     """
 
-    def __init__(self, *, max_keys: int, ttl: float) -> None:
+    def __init__(self, *, max_keys: int, ttl: float, in_flight_limit: float = 60.0) -> None:
         self.max_keys = max_keys
         self.ttl = ttl
-        self._in_flight: dict[str, bytes] = {}
+        self.in_flight_limit = in_flight_limit
+        # key -> (fingerprint, claimed at), oldest claim first.
+        self._in_flight: collections.OrderedDict[str, tuple[bytes, float]] = (
+            collections.OrderedDict()
+        )
         # Ordered by expiry: every entry lives ttl from its answer, so the oldest is first.
         self._answered: collections.OrderedDict[str, bytes] = collections.OrderedDict()
         self.evicted = 0
@@ -104,7 +109,7 @@ class IdempotencyLedger:
             raise ValueError(f"a fingerprint is a {FINGERPRINT_BYTES}-byte SHA-256 digest")
         self._expire(now)
         if (pending := self._in_flight.get(key)) is not None:
-            return InFlight() if pending == fingerprint else KeyReused()
+            return InFlight() if pending[0] == fingerprint else KeyReused()
         if (answered := self._answered.get(key)) is not None:
             return _created(answered) if _fingerprint(answered) == fingerprint else KeyReused()
         if len(self) >= self.max_keys:
@@ -112,16 +117,22 @@ class IdempotencyLedger:
                 return LedgerFull()
             self._answered.popitem(last=False)
             self.evicted += 1
-        self._in_flight[key] = fingerprint
+        self._in_flight[key] = (fingerprint, now)
         return Claimed()
 
     def settle(self, key: str, created: Replay | None, now: float) -> None:
-        fingerprint = self._in_flight.pop(key, None)
-        if fingerprint is None or created is None:
+        """Remember ``created`` for the key in flight, or forget the key when ``None``."""
+        pending = self._in_flight.pop(key, None)
+        if pending is None or created is None:
             return
-        self._answered[key] = _pack(fingerprint, created, now + self.ttl)
+        self._answered[key] = _pack(pending[0], created, now + self.ttl)
 
     def _expire(self, now: float) -> None:
+        while self._in_flight:
+            key, (_, claimed_at) = next(iter(self._in_flight.items()))
+            if claimed_at + self.in_flight_limit > now:
+                break
+            del self._in_flight[key]
         while self._answered:
             key, oldest = next(iter(self._answered.items()))
             if _expiry(oldest) > now:
@@ -135,13 +146,17 @@ async def run_idempotency_ledger(
     health: Health,
     max_keys: int,
     ttl: float,
+    in_flight_limit: float = 60.0,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Answer claims and record settlements in arrival order until the inbox is closed.
 
+    A claim whose answer cannot be delivered (the caller stopped waiting) is withdrawn at
+    once: nobody would settle it.
+
     Cancellation: safe at any await; each command is applied whole.
     """
-    ledger = IdempotencyLedger(max_keys=max_keys, ttl=ttl)
+    ledger = IdempotencyLedger(max_keys=max_keys, ttl=ttl, in_flight_limit=in_flight_limit)
     health.report(ACTOR, ActorState.RUNNING)
     health.gauge("idempotency_keys", 0)
     task_status.started()
@@ -155,7 +170,11 @@ async def run_idempotency_ledger(
                     health.count("idempotent_replays")
                 if ledger.evicted != evicted_before:
                     health.count("idempotency_keys_evicted", ledger.evicted - evicted_before)
-                reply(channel, outcome)
+                try:
+                    channel.send_nowait(outcome)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
+                    if isinstance(outcome, Claimed):
+                        ledger.settle(key, None, now)
             case Settle(key=key, created=created):
                 ledger.settle(key, created, now)
         health.gauge("idempotency_keys", len(ledger))

@@ -390,6 +390,13 @@ SETTINGS: tuple[Setting, ...] = (
         _integer(1, 1_000_000),
         "Events buffered per stream subscriber; one that falls this far behind is disconnected.",
     ),
+    Setting(
+        "STREAM_LIFETIME_MS",
+        "stream_lifetime_ms",
+        "3600000",
+        _integer(100, 86_400_000),
+        "A stream is closed after this long; clients resume it with Last-Event-ID.",
+    ),
     # Lifecycle.
     Setting(
         "SHUTDOWN_TIMEOUT_MS",
@@ -483,6 +490,7 @@ class Settings:
     idempotency_ttl_seconds: int
     max_stream_subscribers: int
     stream_buffer_events: int
+    stream_lifetime_ms: int
     shutdown_timeout_ms: int
     restart_backoff_ms: int
     restart_max_failures: int

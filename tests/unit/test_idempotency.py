@@ -206,3 +206,31 @@ async def test_actor_counts_evictions(autojump_clock: trio.testing.MockClock) ->
             await send.send(Settle(key="a", created=created()))
             assert await claim(send, "b", BODY) == Claimed()
     assert health.counters["idempotency_keys_evicted"] == 1
+
+
+def test_a_key_left_in_flight_is_forgotten_after_the_in_flight_limit() -> None:
+    """A claim never settled (its settlement was lost) stops blocking the key after
+    in_flight_limit seconds: the next request is a new attempt."""
+    ledger = IdempotencyLedger(max_keys=10, ttl=TTL, in_flight_limit=7)
+    ledger.claim("k", BODY, 0)
+    assert ledger.claim("k", BODY, 6.999) == InFlight()
+    assert ledger.claim("k", BODY, 7) == Claimed()
+
+
+async def test_a_claim_whose_caller_stopped_waiting_is_withdrawn(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The ledger answers a claim to a caller that closed its reply channel, sees the answer
+    undelivered, and withdraws the claim: the same key is then claimable at once."""
+    health = Health(("idempotency",))
+    send, receive = trio.open_memory_channel[LedgerCommand](8)
+    ledger = functools.partial(
+        run_idempotency_ledger, inbox=receive, health=health, max_keys=10, ttl=TTL
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ledger)
+        async with send:
+            gone_send, gone_receive = trio.open_memory_channel[ClaimOutcome](1)
+            gone_receive.close()
+            await send.send(Claim(key="k", fingerprint=BODY, reply=gone_send))
+            assert await claim(send, "k", BODY) == Claimed()
