@@ -29,7 +29,6 @@ import trio
 from trio_util import move_on_when
 
 from actors.consumer import run_consumer
-from actors.domain.events import Limits
 from actors.domain.messages import LedgerCommand, PublishRequest, StoreCommand
 from actors.http.app import HttpOptions, create_app, run_http
 from actors.http.server import BindError, ServerOptions
@@ -37,15 +36,14 @@ from actors.idempotency import run_idempotency_ledger
 from actors.kafka.ports import KafkaPorts
 from actors.kafka.topics import ensure_topics
 from actors.publisher import run_publisher
-from actors.runtime.backoff import Backoff
 from actors.runtime.health import ActorState, Health
 from actors.runtime.logs import log_fields
-from actors.runtime.settings import Settings
+from actors.runtime.settings import KafkaSettings, Settings
 from actors.runtime.signals import watch_signals
-from actors.runtime.supervision import RestartPolicy, TooManyRestarts, innermost, supervise_actor
+from actors.runtime.supervision import TooManyRestarts, innermost, supervise_actor
 from actors.store import StreamOptions, run_store
 
-__all__ = ["ACTORS", "run_service", "supervise"]
+__all__ = ["ACTORS", "http_options", "run_service", "server_options", "supervise"]
 
 log = logging.getLogger(__name__)
 
@@ -77,68 +75,47 @@ async def run_service(
         TooManyRestarts: an actor kept failing.
     """
     health = health or Health(ACTORS)
-    policy = RestartPolicy(
-        backoff=Backoff(
-            initial=settings.restart_backoff_ms / 1000,
-            maximum=settings.restart_backoff_ms / 1000 * 32,
-        ),
-        max_failures=settings.restart_max_failures,
-        window=settings.restart_window_ms / 1000,
-    )
-    publish_backoff = Backoff(
-        initial=settings.publish_retry_backoff_ms / 1000,
-        maximum=settings.publish_retry_backoff_max_ms / 1000,
-    )
-    limits = Limits(
-        event_types=settings.event_types,
-        max_user_id_length=settings.max_user_id_length,
-        max_payload_depth=settings.max_payload_depth,
-        max_payload_bytes=settings.max_payload_bytes,
-    )
+    publish_backoff = settings.publish.retry_backoff()
+    limits = settings.limits.limits()
     store_send, store_receive = trio.open_memory_channel[StoreCommand](STORE_INBOX_SIZE)
     publish_send, publish_receive = trio.open_memory_channel[PublishRequest](
-        settings.publish_queue_size
+        settings.publish.queue_size
     )
     ledger_send, ledger_receive = trio.open_memory_channel[LedgerCommand](LEDGER_INBOX_SIZE)
     consumer = partial(
         run_consumer,
         open_consumer=ports.open_consumer,
         open_dead_letter_producer=ports.open_producer,
-        dlq_topic=settings.dlq_topic,
+        dlq_topic=settings.kafka.dlq_topic,
         store=store_send,
         limits=limits,
-        batch_size=settings.consumer_batch_size,
+        batch_size=settings.kafka.consumer_batch_size,
         backoff=publish_backoff,
-        replace_producer_after=settings.producer_replace_after_ms / 1000,
+        replace_producer_after=settings.publish.replace_producer_after,
         health=health,
     )
     publisher = partial(
         run_publisher,
         inbox=publish_receive,
         open_producer=ports.open_producer,
-        topic=settings.topic,
+        topic=settings.kafka.topic,
         backoff=publish_backoff,
-        replace_producer_after=settings.producer_replace_after_ms / 1000,
+        replace_producer_after=settings.publish.replace_producer_after,
         health=health,
     )
     app = create_app(
         publish=publish_send,
         store=store_send,
         health=health,
-        options=HttpOptions(
-            limits=limits,
-            publish_timeout=settings.publish_timeout_ms / 1000,
-            max_body_bytes=settings.max_body_bytes,
-            max_listings=settings.http_max_listings,
-            body_read_timeout=settings.http_body_read_seconds,
-            stream_lifetime=settings.stream_lifetime_ms / 1000,
-        ),
+        options=http_options(settings),
         ledger=ledger_send,
         stopping=stop,
     )
-    supervised = partial(supervise_actor, policy=policy, health=health)
+    supervised = partial(
+        supervise_actor, policy=settings.supervision.restart_policy(), health=health
+    )
 
-    waiting = f"waiting for the broker at {settings.bootstrap_servers}"
+    waiting = f"waiting for the broker at {settings.kafka.bootstrap_servers}"
     for actor in ("consumer", "publisher"):
         health.report(actor, ActorState.STARTING, waiting)
 
@@ -148,11 +125,11 @@ async def run_service(
                 run_store,
                 inbox=store_receive,
                 health=health,
-                max_events=settings.store_max_events,
-                max_bytes=settings.store_max_bytes,
+                max_events=settings.store.max_events,
+                max_bytes=settings.store.max_bytes,
                 streams=StreamOptions(
-                    max_subscribers=settings.max_stream_subscribers,
-                    buffer_events=settings.stream_buffer_events,
+                    max_subscribers=settings.streams.max_subscribers,
+                    buffer_events=settings.streams.buffer_events,
                 ),
             )
         )
@@ -162,11 +139,11 @@ async def run_service(
                 run_idempotency_ledger,
                 inbox=ledger_receive,
                 health=health,
-                max_keys=settings.idempotency_max_keys,
-                ttl=settings.idempotency_ttl_seconds,
+                max_keys=settings.idempotency.max_keys,
+                ttl=settings.idempotency.ttl_seconds,
                 # Longer than any request's publish deadline: a claim still in flight then
                 # lost its settlement, and stops blocking its key.
-                in_flight_limit=settings.publish_timeout_ms / 1000 + 10,
+                in_flight_limit=settings.publish.timeout + 10,
             )
         )
         async with trio.open_nursery() as consumer_nursery:
@@ -176,16 +153,7 @@ async def run_service(
                         partial(
                             run_http,
                             app=app,
-                            options=ServerOptions(
-                                host=settings.http_host,
-                                port=settings.http_port,
-                                keep_alive_timeout=settings.http_keep_alive_seconds,
-                                max_connections=settings.http_max_connections,
-                                graceful_timeout=min(
-                                    settings.publish_timeout_ms / 1000 + 1,
-                                    settings.shutdown_timeout_ms / 1000,
-                                ),
-                            ),
+                            options=server_options(settings),
                             shutdown_trigger=stop.wait,
                         )
                     )
@@ -196,10 +164,10 @@ async def run_service(
                     # and a stop during the wait ends start-up at once.
                     async with move_on_when(stop.wait):
                         await ensure_topics(
-                            [settings.topic, *filter(None, [settings.dlq_topic])],
+                            settings.kafka.topics(),
                             create_topic=ports.create_topic,
                             backoff=publish_backoff,
-                            bootstrap_servers=settings.bootstrap_servers,
+                            bootstrap_servers=settings.kafka.bootstrap_servers,
                         )
                     if not stop.is_set():
                         await consumer_nursery.start(supervised, "consumer", consumer)
@@ -216,6 +184,29 @@ async def run_service(
     log_fields(log, logging.INFO, "shutdown complete")
 
 
+def http_options(settings: Settings) -> HttpOptions:
+    """What the HTTP routes need: the event limits, the publish deadline, request bounds."""
+    return HttpOptions(
+        limits=settings.limits.limits(),
+        publish_timeout=settings.publish.timeout,
+        max_body_bytes=settings.limits.max_body_bytes,
+        max_listings=settings.http.max_listings,
+        body_read_timeout=settings.http.body_read_seconds,
+        stream_lifetime=settings.streams.lifetime,
+    )
+
+
+def server_options(settings: Settings) -> ServerOptions:
+    """Where the HTTP server listens, its connection bounds and its shutdown grace."""
+    return ServerOptions(
+        host=settings.http.host,
+        port=settings.http.port,
+        keep_alive_timeout=settings.http.keep_alive_seconds,
+        max_connections=settings.http.max_connections,
+        graceful_timeout=settings.http_graceful_timeout,
+    )
+
+
 async def supervise(settings: Settings, ports: KafkaPorts | None = None) -> int:
     """The service's whole life, from start-up to the end of shutdown; returns an exit status.
 
@@ -226,10 +217,10 @@ async def supervise(settings: Settings, ports: KafkaPorts | None = None) -> int:
     service = trio.CancelScope()
     status = 0
     async with trio.open_nursery() as root:
-        root.start_soon(watch_signals, stop, service, settings.shutdown_timeout_ms / 1000)
+        root.start_soon(watch_signals, stop, service, settings.supervision.shutdown_timeout)
         with service:
             try:
-                await run_service(settings, stop=stop, ports=ports or _kafka_ports(settings))
+                await run_service(settings, stop=stop, ports=ports or _kafka_ports(settings.kafka))
             except* BindError as group:
                 # A configuration error like any other: one line naming the variable, status 2.
                 print(f"configuration error: {innermost(group)}", file=sys.stderr)
@@ -245,7 +236,7 @@ async def supervise(settings: Settings, ports: KafkaPorts | None = None) -> int:
     return status
 
 
-def _kafka_ports(settings: Settings) -> KafkaPorts:
+def _kafka_ports(settings: KafkaSettings) -> KafkaPorts:
     """The confluent-kafka adapters, imported only when used: unit tests never load them."""
     from actors.kafka.adapters import kafka_ports
 

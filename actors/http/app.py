@@ -61,6 +61,7 @@ from actors.http.idempotent import claim_key, fingerprint, settle_key
 from actors.http.openapi import openapi_document
 from actors.http.queries import idempotency_key, is_plain_listing, listing_query
 from actors.http.server import ServerOptions, serve_http
+from actors.http.stream import KEEP_ALIVE_SECONDS
 from actors.runtime.health import ActorState, Health
 from actors.runtime.logs import log_fields
 
@@ -83,24 +84,25 @@ access_log = logging.getLogger("actors.http.access")
 #: 100,000 events take a few hundred round trips.
 LISTING_CHUNK_BYTES = 128 * 1024
 
-#: How long reading a request body may take before the request fails with 408 (the default of
-#: ``HttpOptions.body_read_timeout``; the service sets it from ``HTTP_BODY_READ_SECONDS``).
-BODY_READ_SECONDS = 30.0
-
 _JSON_TYPES = ("application/json",)
 
 
 @attrs.frozen(kw_only=True)
 class HttpOptions:
+    """What the routes enforce; the supervisor derives it from the settings, times in seconds.
+
+    ``body_read_timeout`` bounds how long reading a request body may take before it is 408.
+    """
+
     limits: Limits
     publish_timeout: float
     max_body_bytes: int
-    max_listings: int = 4
-    body_read_timeout: float = BODY_READ_SECONDS
-    #: Seconds between keep-alive comments on an idle event stream.
-    stream_keep_alive: float = 15.0
+    max_listings: int
+    body_read_timeout: float
     #: Seconds after which an event stream is closed (the client resumes it).
-    stream_lifetime: float = 3600.0
+    stream_lifetime: float
+    #: Seconds between keep-alive comments on an idle event stream (15 s, not a setting).
+    stream_keep_alive: float = KEEP_ALIVE_SECONDS
 
 
 def create_app(
