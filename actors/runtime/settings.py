@@ -432,7 +432,7 @@ class StoreSettings:
         "STORE_MAX_BYTES",
         str(64 * 1024 * 1024),
         _integer(1024 * 1024, 1024**4),
-        "Most bytes the stored events may take (JSON plus 230 B each); then the oldest go.",
+        "Most bytes the stored events may take (JSON plus 210 B each); then the oldest go.",
     )
 
 

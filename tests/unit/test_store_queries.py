@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import subprocess
+import sys
 import tracemalloc
 import uuid
 
@@ -337,3 +339,46 @@ async def test_closing_the_store_ends_every_subscription() -> None:
         with trio.fail_after(1):
             items = [item async for item in subscription.events]
     assert [item.position for item in items] == [0]
+
+
+#: Run in a fresh interpreter: stores 100,000 events decoded as the consumer decodes them
+#: (transient dicts and strings included) and prints the RSS growth per event and their JSON.
+_RSS_PROBE = """
+import uuid
+from pathlib import Path
+from actors.domain.events import decode_event, new_event
+from actors.domain.messages import Placed
+from actors.runtime.settings import load_settings
+from actors.store import ProcessedEvents
+
+def rss():
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+
+limits = load_settings({}).limits.limits()
+templates = [
+    new_event(user_id=f"user-{n % 50}", event_type="LOGIN", payload={"n": n}).encoded
+    for n in range(1000)
+]
+store = ProcessedEvents(max_events=10**9, max_bytes=10**12)
+before, json_bytes = rss(), 0
+for n in range(100_000):
+    raw = templates[n % 1000].replace(templates[n % 1000][12:48], str(uuid.uuid4()).encode())
+    event = decode_event(raw, limits)
+    store.put_if_absent(event.event_id, event.encoded, Placed(partition=n % 3, offset=n))
+    json_bytes += len(event.encoded)
+print((rss() - before) / 100_000, json_bytes / 100_000)
+"""
+
+
+def test_rss_per_stored_event_stays_within_400_bytes() -> None:
+    """In a fresh process, 100,000 stored events of about 150 B of JSON grow the resident set
+    by at most 400 B each, JSON, index, allocator slack and all."""
+    probe = subprocess.run(
+        [sys.executable, "-c", _RSS_PROBE], capture_output=True, text=True, timeout=120, check=True
+    )
+    per_event, json_bytes = map(float, probe.stdout.split())
+    print(f"RSS {per_event:.0f} B per stored event, {json_bytes:.0f} B of it JSON")
+    assert 120 < json_bytes < 200
+    assert per_event <= 400
