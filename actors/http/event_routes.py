@@ -14,6 +14,7 @@ Synopsis::
 from __future__ import annotations
 
 import uuid
+import weakref
 from collections.abc import AsyncGenerator, Callable
 from typing import TypeVar
 from urllib.parse import urlencode
@@ -225,6 +226,9 @@ def add_event_routes(
             keep_alive=keep_alive,
             lifetime=stream_lifetime,
         )
+        # A body dropped before it started (the client left first) never runs its own cleanup:
+        # closing the subscription when the body is collected frees its place in the store.
+        weakref.finalize(body, subscription.events.close)
         response = Response(
             body,
             mimetype="text/event-stream",

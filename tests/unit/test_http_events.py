@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import json
 import time
 import uuid
@@ -17,6 +18,7 @@ import pytest
 import quart.typing
 import trio
 import trio.testing
+from quart_trio import QuartTrio
 from settings_support import default_http_options
 from store_support import store_actor
 
@@ -41,7 +43,7 @@ from actors.http.queries import decode_cursor, encode_cursor
 from actors.http.stream import KEEP_ALIVE, sse_body
 from actors.idempotency import run_idempotency_ledger
 from actors.runtime.health import ActorState, Health
-from actors.store import ProcessedEvents
+from actors.store import ProcessedEvents, StreamOptions
 
 JSON = {"Content-Type": "application/json"}
 ACTORS = ("http", "publisher", "consumer", "store", "idempotency")
@@ -50,6 +52,7 @@ BODY = json.dumps({"userId": "u1", "eventType": "LOGIN", "payload": {"n": 1}}).e
 
 @attrs.define
 class Service:
+    app: QuartTrio
     client: quart.typing.TestClientProtocol
     store: trio.MemorySendChannel[StoreCommand]
     requests: list[PublishRequest]
@@ -69,7 +72,9 @@ async def fake_publisher(
 
 
 @contextlib.asynccontextmanager
-async def serving(*, released: bool = True, **options: Any) -> AsyncIterator[Service]:
+async def serving(
+    *, released: bool = True, streams: StreamOptions | None = None, **options: Any
+) -> AsyncIterator[Service]:
     publish_send, publish_receive = trio.open_memory_channel[PublishRequest](8)
     store_send, store_receive = trio.open_memory_channel[StoreCommand](8)
     ledger_send, ledger_receive = trio.open_memory_channel[LedgerCommand](8)
@@ -83,11 +88,11 @@ async def serving(*, released: bool = True, **options: Any) -> AsyncIterator[Ser
         options=default_http_options(publish_timeout=2.0, **options),
         ledger=ledger_send,
     )
-    service = Service(app.test_client(), store_send, [], trio.Event(), [])
+    service = Service(app, app.test_client(), store_send, [], trio.Event(), [])
     if released:
         service.release.set()
     async with trio.open_nursery() as nursery:
-        await nursery.start(store_actor(store_receive, health))
+        await nursery.start(store_actor(store_receive, health, streams=streams or StreamOptions()))
         await nursery.start(
             functools.partial(
                 run_idempotency_ledger, inbox=ledger_receive, health=health, max_keys=10, ttl=60
@@ -530,3 +535,19 @@ async def test_the_live_page_and_its_files_are_served() -> None:
     assert '<script src="/static/app.js">' in html
     assert "/events/stream" in (await script.get_data()).decode()
     assert (script.status_code, style.status_code) == (200, 200)
+
+
+async def test_a_stream_dropped_before_its_body_started_frees_its_place() -> None:
+    """With MAX_STREAM_SUBSCRIBERS=1: a stream answer dropped unread (its client left before
+    the first byte) does not keep the only place; the next stream gets it."""
+    async with serving(streams=StreamOptions(max_subscribers=1, buffer_events=4)) as service:
+        async with service.app.test_request_context("/events/stream"):
+            view = service.app.view_functions["event_stream"]
+            dropped = await view()
+            assert dropped.status_code == 200
+            del dropped
+            gc.collect()
+            again = await view()
+        assert again.status_code == 200
+        del again
+        gc.collect()
