@@ -11,13 +11,11 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 import httpx
-
-if TYPE_CHECKING:
-    from .conftest import ServiceHandle, Services, Spawn
+from support.services import ServiceHandle, Services, Spawn
 
 #: How soon a stored event must reach a reading subscriber (the issue's bound).
 ARRIVAL_SECONDS = 1.0

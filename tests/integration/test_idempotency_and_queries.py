@@ -8,15 +8,13 @@ import statistics
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
+from support.kafka_tools import KafkaTools
+from support.services import ServiceHandle, Services, Spawn, rss_bytes
 
 from actors.store import EVENT_OVERHEAD_BYTES
-
-if TYPE_CHECKING:
-    from .conftest import KafkaTools, ServiceHandle, Services, Spawn
 
 JSON = {"Content-Type": "application/json"}
 
@@ -190,14 +188,6 @@ def produce_events(kafka: KafkaTools, topic: str, count: int, prefix: str) -> No
         kafka.produce(topic, batch, timeout=60)
 
 
-def rss(pid: int) -> int:
-    """Resident set size of ``pid``, from /proc."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for {pid}")
-
-
 def stored(app: ServiceHandle) -> int:
     count: int = app.health().json()["counters"].get("stored", 0)
     return count
@@ -220,7 +210,7 @@ def test_a_page_costs_the_same_with_100k_events_as_with_1k(
         time.sleep(0.1)
     middle = app.http.get("/events/processed", params={"limit": "500"}).links["next"]["url"]
     small = page_latency(app, middle.replace("limit=500", "limit=100"))
-    rss_before, bytes_before = rss(app.pid), app.health().json()["gauges"]["store_bytes"]
+    rss_before, bytes_before = rss_bytes(app.pid), app.health().json()["gauges"]["store_bytes"]
     produce_events(kafka, app.topic, 99_000, prefix)
     deadline = time.monotonic() + 120
     while stored(app) < 100_000 and time.monotonic() < deadline:
@@ -228,7 +218,7 @@ def test_a_page_costs_the_same_with_100k_events_as_with_1k(
     assert stored(app) == 100_000
     gauges = app.health().json()["gauges"]
     json_bytes = (gauges["store_bytes"] - bytes_before) - 99_000 * EVENT_OVERHEAD_BYTES
-    per_event = (rss(app.pid) - rss_before) / 99_000
+    per_event = (rss_bytes(app.pid) - rss_before) / 99_000
     large = page_latency(app, middle.replace("limit=500", "limit=100"))
     print(
         f"limit=100 page: median {small * 1000:.2f} ms at 1k, {large * 1000:.2f} ms at 100k; "
