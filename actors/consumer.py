@@ -32,7 +32,7 @@ import trio
 from trio_util import AsyncValue
 
 from actors.domain.events import Limits, MalformedEvent, UserEvent, decode_event
-from actors.domain.messages import PutMany, PutOutcome, StoreCommand, Stored
+from actors.domain.messages import Placed, PutMany, PutOutcome, StoreCommand, Stored
 from actors.kafka.dead_letters import DeadLetterWriter
 from actors.kafka.ports import ConsumerPort, Partition, ProducerPort, Record
 from actors.runtime.backoff import Backoff
@@ -207,7 +207,7 @@ class _Consumer:
         return run
 
     async def _store_run(self, run: list[tuple[Record, UserEvent]]) -> None:
-        outcomes = await self._put_many(tuple(event for _, event in run))
+        outcomes = await self._put_many(run)
         for (record, event), outcome in zip(run, outcomes, strict=True):
             log_fields(
                 log,
@@ -223,9 +223,14 @@ class _Consumer:
             if self._backlog.done(record):
                 self._consumer.store_offset(record)
 
-    async def _put_many(self, events: tuple[UserEvent, ...]) -> tuple[PutOutcome, ...]:
+    async def _put_many(self, run: list[tuple[Record, UserEvent]]) -> tuple[PutOutcome, ...]:
         send, receive = trio.open_memory_channel[tuple[PutOutcome, ...]](1)
-        await self._store.send(PutMany(events=events, reply=send))
+        command = PutMany(
+            events=tuple(event for _, event in run),
+            sources=tuple(Placed(partition=r.partition, offset=r.offset) for r, _ in run),
+            reply=send,
+        )
+        await self._store.send(command)
         with receive:
             return await receive.receive()
 

@@ -3,12 +3,15 @@
 Start-up goes from the bottom of the dependency chain to the top, and shutdown in exactly the
 reverse order, which nested nurseries express directly::
 
-    store            <- consumer (Put)            <- HTTP (ReadEvents)
+    store            <- consumer (PutMany)        <- HTTP (ReadEvents, GetEvent, Subscribe)
+    idempotency      <- HTTP (Claim, Settle)
     publisher        <- HTTP (PublishRequest, PublishBatch)
 
-    start:    store, HTTP (answering 503 until the rest runs), [topic], consumer, publisher
-    shutdown: HTTP stops intake (hypercorn's trigger), in-flight requests finish
-              -> publisher inbox closed: it drains, flushes, returns
+    start:    store, idempotency, HTTP (answering 503 until the rest runs), [topic], consumer,
+              publisher
+    shutdown: HTTP stops intake (hypercorn's trigger) and ends its event streams, in-flight
+              requests finish
+              -> idempotency and publisher inboxes closed: they drain; the publisher flushes
               -> consumer cancelled: it commits what the store confirmed, leaves the group
               -> store inbox closed: it drains and returns
 
@@ -26,10 +29,11 @@ import trio
 from trio_util import move_on_when
 
 from actors.consumer import run_consumer
-from actors.domain.messages import PublisherCommand, StoreCommand
+from actors.domain.messages import LedgerCommand, PublisherCommand, StoreCommand
 from actors.http.app import HttpOptions, create_app, run_http
 from actors.http.batch import BatchOptions
 from actors.http.server import BindError, ServerOptions
+from actors.idempotency import run_idempotency_ledger
 from actors.kafka.ports import KafkaPorts
 from actors.kafka.topics import ensure_topics
 from actors.publisher import run_publisher
@@ -38,17 +42,21 @@ from actors.runtime.logs import log_fields
 from actors.runtime.settings import KafkaSettings, Settings
 from actors.runtime.signals import watch_signals
 from actors.runtime.supervision import TooManyRestarts, innermost, supervise_actor
-from actors.store import run_store
+from actors.store import StreamOptions, run_store
 
 __all__ = ["ACTORS", "http_options", "run_service", "server_options", "supervise"]
 
 log = logging.getLogger(__name__)
 
-ACTORS = ("store", "consumer", "publisher", "http")
+ACTORS = ("store", "idempotency", "consumer", "publisher", "http")
 
 #: Room in the store's inbox; the consumer waits on each Put, so this only absorbs bursts of
 #: listings and puts arriving together.
 STORE_INBOX_SIZE = 64
+
+#: Room in the idempotency ledger's inbox: a claim and a settlement per keyed request in
+#: flight; a full inbox answers a keyed POST 503 at once.
+LEDGER_INBOX_SIZE = 256
 
 
 async def run_service(
@@ -74,6 +82,7 @@ async def run_service(
     publish_send, publish_receive = trio.open_memory_channel[PublisherCommand](
         settings.publish.queue_size
     )
+    ledger_send, ledger_receive = trio.open_memory_channel[LedgerCommand](LEDGER_INBOX_SIZE)
     consumer = partial(
         run_consumer,
         open_consumer=ports.open_consumer,
@@ -100,6 +109,8 @@ async def run_service(
         store=store_send,
         health=health,
         options=http_options(settings),
+        ledger=ledger_send,
+        stopping=stop,
     )
     supervised = partial(
         supervise_actor, policy=settings.supervision.restart_policy(), health=health
@@ -117,6 +128,23 @@ async def run_service(
                 health=health,
                 max_events=settings.store.max_events,
                 max_bytes=settings.store.max_bytes,
+                streams=StreamOptions(
+                    max_subscribers=settings.streams.max_subscribers,
+                    buffer_events=settings.streams.buffer_events,
+                ),
+            )
+        )
+        # The ledger's inbox is closed once HTTP stopped; it ends long before the store.
+        await store_nursery.start(
+            partial(
+                run_idempotency_ledger,
+                inbox=ledger_receive,
+                health=health,
+                max_keys=settings.idempotency.max_keys,
+                ttl=settings.idempotency.ttl_seconds,
+                # Longer than any request's publish deadline: a claim still in flight then
+                # lost its settlement, and stops blocking its key.
+                in_flight_limit=settings.publish.timeout + 10,
             )
         )
         async with trio.open_nursery() as consumer_nursery:
@@ -148,6 +176,7 @@ async def run_service(
                         log_fields(log, logging.INFO, "service started", binds=binds)
                 health.report("http", ActorState.STOPPED)
                 log_fields(log, logging.INFO, "shutdown: http stopped; draining publisher")
+                ledger_send.close()
                 publish_send.close()
             log_fields(log, logging.INFO, "shutdown: publisher done; stopping consumer")
             consumer_nursery.cancel_scope.cancel()
@@ -170,6 +199,7 @@ def http_options(settings: Settings) -> HttpOptions:
             # A batch as large as allowed must fit; else as many events as the inbox holds.
             max_waiting_events=max(settings.publish.queue_size, settings.limits.max_batch_events),
         ),
+        stream_lifetime=settings.streams.lifetime,
     )
 
 

@@ -105,6 +105,7 @@ async def test_outcomes_are_counted_in_health() -> None:
     assert health.snapshot()["gauges"] == {
         "store_bytes": len(first.to_json()) + len(second.to_json()) + 2 * EVENT_OVERHEAD_BYTES,
         "store_events": 2,
+        "stream_subscribers": 0,
     }
 
 
@@ -307,7 +308,9 @@ async def test_put_many_answers_each_event_in_order_with_one_reply() -> None:
     async with running_store(health, **UNBOUNDED) as inbox:
         await put(inbox, held)
         send, receive = trio.open_memory_channel[tuple[PutOutcome, ...]](1)
-        await inbox.send(PutMany(events=(fresh, held, fresh), reply=send))
+        await inbox.send(
+            PutMany(events=(fresh, held, fresh), sources=(None, None, None), reply=send)
+        )
         with receive, trio.fail_after(1):
             outcomes = await receive.receive()
         listed = await list_events(inbox)
