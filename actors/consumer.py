@@ -13,14 +13,18 @@ a batch is bounded (``CONSUMER_BATCH_SIZE``), so the member stays well inside
 
 from __future__ import annotations
 
+import datetime
 import logging
+import time
 from collections.abc import Callable
 
 import trio
 
 from actors.domain.events import Limits, MalformedEvent, UserEvent, decode_event
 from actors.domain.messages import Put, PutOutcome, StoreCommand, Stored
+from actors.domain.trace import TraceContext
 from actors.kafka.ports import (
+    ClientStatistics,
     ConsumerPort,
     DeliveryReport,
     KafkaFailure,
@@ -32,6 +36,7 @@ from actors.kafka.replacement import ReplacingProducer
 from actors.runtime.backoff import Backoff
 from actors.runtime.health import ActorState, Health
 from actors.runtime.logs import log_fields
+from actors.runtime.metrics import Metrics
 
 __all__ = ["CONSUME_TIMEOUT", "run_consumer"]
 
@@ -55,16 +60,20 @@ class _Consumer:
         dead_letters: _DeadLetters | None,
         limits: Limits,
         health: Health,
+        metrics: Metrics,
     ) -> None:
         self._consumer = consumer
         self._store = store
         self._dead_letters = dead_letters
         self._limits = limits
         self._health = health
+        self._metrics = metrics
+        self._recorded: ClientStatistics | None = None
 
     async def consume_batch(self, batch_size: int) -> None:
         records = await self._consumer.consume(batch_size, CONSUME_TIMEOUT)
         self._report_health()
+        self._record_statistics()
         for record in records:
             await self._handle(record)
             self._consumer.store_offset(record)
@@ -76,6 +85,11 @@ class _Consumer:
             await self._reject(record, str(error))
             return
         outcome = await self._put(event)
+        stored = isinstance(outcome, Stored)
+        self._metrics.event_consumed("stored" if stored else "duplicate")
+        if stored:
+            self._metrics.end_to_end(time.time() - _epoch_seconds(event.timestamp))
+        trace = TraceContext.from_kafka(record.headers)
         log_fields(
             log,
             logging.INFO,
@@ -85,7 +99,9 @@ class _Consumer:
             eventType=event.event_type,
             partition=record.partition,
             offset=record.offset,
-            outcome="stored" if isinstance(outcome, Stored) else "duplicate",
+            outcome="stored" if stored else "duplicate",
+            traceparent=trace.traceparent,
+            requestId=trace.request_id,
         )
 
     async def _put(self, event: UserEvent) -> PutOutcome:
@@ -108,6 +124,15 @@ class _Consumer:
         )
         if self._dead_letters is not None and await self._dead_letters.send(record, reason):
             self._health.count("dead_lettered")
+            self._metrics.event_consumed("dead_lettered")
+        else:
+            self._metrics.event_consumed("malformed")
+
+    def _record_statistics(self) -> None:
+        statistics = self._consumer.statistics
+        if statistics is not None and statistics is not self._recorded:
+            self._metrics.consumer_assignment(statistics.assigned_partitions, statistics.lag)
+            self._recorded = statistics
 
     def _report_health(self) -> None:
         if self._consumer.connected is False:
@@ -256,6 +281,7 @@ async def run_consumer(
     backoff: Backoff,
     replace_producer_after: float,
     health: Health,
+    metrics: Metrics | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Consume until cancelled; then commit what the store confirmed and leave the group.
@@ -279,7 +305,12 @@ async def run_consumer(
         )
     consumer = open_consumer()
     actor = _Consumer(
-        consumer=consumer, store=store, dead_letters=dead_letters, limits=limits, health=health
+        consumer=consumer,
+        store=store,
+        dead_letters=dead_letters,
+        limits=limits,
+        health=health,
+        metrics=metrics or Metrics(),
     )
     health.report(ACTOR, ActorState.STARTING, "joining the consumer group")
     try:
@@ -296,3 +327,8 @@ async def run_consumer(
         log_fields(
             log, logging.INFO, "consumer stopped", closedCleanly=not bounded.cancelled_caught
         )
+
+
+def _epoch_seconds(timestamp: str) -> float:
+    """An event's ISO 8601 UTC ``timestamp`` (validated by ``decode_event``) as epoch seconds."""
+    return datetime.datetime.fromisoformat(timestamp).timestamp()

@@ -33,6 +33,7 @@ from actors.kafka.replacement import ReplacingProducer
 from actors.runtime.backoff import Backoff
 from actors.runtime.health import ActorState, Health
 from actors.runtime.logs import log_fields
+from actors.runtime.metrics import Metrics
 
 __all__ = ["PUMP_INTERVAL", "run_publisher"]
 
@@ -57,12 +58,19 @@ class _Publisher:
     """The actor's state: the producer, reports waiting to be settled, work in progress."""
 
     def __init__(
-        self, *, producer: ReplacingProducer, topic: str, backoff: Backoff, health: Health
+        self,
+        *,
+        producer: ReplacingProducer,
+        topic: str,
+        backoff: Backoff,
+        health: Health,
+        metrics: Metrics,
     ) -> None:
         self._producer = producer
         self._topic = topic
         self._backoff = backoff
         self._health = health
+        self._metrics = metrics
         # Appended to by the delivery callback on the worker thread; deque appends are atomic.
         self._reports: collections.deque[tuple[_Attempt, DeliveryReport]] = collections.deque()
         self._unresolved = AsyncValue(0)
@@ -88,15 +96,17 @@ class _Publisher:
                     topic=self._topic,
                     key=event.user_id.encode(),
                     value=event.to_json(),
+                    headers=attempt.request.trace.kafka_headers(),
                     on_delivery=lambda report: self._reports.append((attempt, report)),
                 )
             except BufferError:
                 self._health.count("producer_queue_full")
                 # The pump frees space as reports arrive; wait for it, within the deadline.
                 if not await self._sleep_within_deadline(attempt, self._backoff.delay(1)):
-                    self._resolve(
-                        attempt, PublishFailed(reason="producer queue full", retriable=True)
+                    failed = PublishFailed(
+                        reason="producer queue full", retriable=True, kind="queue_full"
                     )
+                    self._resolve(attempt, failed)
                     return
             except ProduceRejected as rejected:
                 self._retry_or_fail(attempt, rejected.failure, nursery)
@@ -110,6 +120,8 @@ class _Publisher:
             await self._producer.poll(PUMP_INTERVAL)
             self.settle_reports(nursery)
             self._report_health()
+            if (statistics := self._producer.statistics) is not None:
+                self._metrics.producer_queue(statistics.queued_messages)
 
     def settle_reports(self, nursery: trio.Nursery | None) -> None:
         """Answer the requests whose reports arrived; without a nursery, failures are final."""
@@ -159,6 +171,7 @@ class _Publisher:
         request = attempt.request
         if isinstance(outcome, Published):
             self._health.count("published")
+            self._metrics.event_published()
             log_fields(
                 log,
                 logging.DEBUG,
@@ -201,6 +214,7 @@ async def run_publisher(
     backoff: Backoff,
     replace_producer_after: float,
     health: Health,
+    metrics: Metrics | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Publish requests from ``inbox`` until it is closed, then finish what was accepted.
@@ -223,7 +237,13 @@ async def run_publisher(
         health=health,
         counter="producer_replacements",
     )
-    publisher = _Publisher(producer=producer, topic=topic, backoff=backoff, health=health)
+    publisher = _Publisher(
+        producer=producer,
+        topic=topic,
+        backoff=backoff,
+        health=health,
+        metrics=metrics or Metrics(),
+    )
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(publisher.pump, nursery)

@@ -36,6 +36,7 @@ from actors.publisher import run_publisher
 from actors.runtime.backoff import Backoff
 from actors.runtime.health import ActorState, Health
 from actors.runtime.logs import log_fields
+from actors.runtime.metrics import Metrics
 from actors.runtime.settings import Settings
 from actors.runtime.signals import watch_signals
 from actors.runtime.supervision import RestartPolicy, TooManyRestarts, innermost, supervise_actor
@@ -46,6 +47,9 @@ __all__ = ["ACTORS", "run_service", "supervise"]
 log = logging.getLogger(__name__)
 
 ACTORS = ("store", "consumer", "publisher", "http")
+
+#: The actors restarted when they fail (the others end the service).
+RESTARTABLE = ("consumer", "publisher")
 
 #: Room in the store's inbox; the consumer waits on each Put, so this only absorbs bursts of
 #: listings and puts arriving together.
@@ -58,9 +62,13 @@ async def run_service(
     stop: trio.Event,
     ports: KafkaPorts,
     health: Health | None = None,
+    metrics: Metrics | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run every actor until ``stop`` is set, then shut them down in order.
+
+    ``metrics`` (one per service) is handed to every actor, which records its own
+    observations there; it also reads ``health`` and both mailboxes when scraped.
 
     Reports the HTTP binds through ``task_status`` as soon as HTTP listens, which is before the
     broker is known to answer: until then ``/health`` and ``POST`` answer 503 with the reason.
@@ -69,6 +77,7 @@ async def run_service(
         TooManyRestarts: an actor kept failing.
     """
     health = health or Health(ACTORS)
+    metrics = metrics or Metrics(restartable=RESTARTABLE)
     policy = RestartPolicy(
         backoff=Backoff(
             initial=settings.restart_backoff_ms / 1000,
@@ -91,6 +100,9 @@ async def run_service(
     publish_send, publish_receive = trio.open_memory_channel[PublishRequest](
         settings.publish_queue_size
     )
+    metrics.watch_health(health)
+    metrics.watch_mailbox("store", store_send)
+    metrics.watch_mailbox("publisher", publish_send)
     consumer = partial(
         run_consumer,
         open_consumer=ports.open_consumer,
@@ -102,6 +114,7 @@ async def run_service(
         backoff=publish_backoff,
         replace_producer_after=settings.producer_replace_after_ms / 1000,
         health=health,
+        metrics=metrics,
     )
     publisher = partial(
         run_publisher,
@@ -111,6 +124,7 @@ async def run_service(
         backoff=publish_backoff,
         replace_producer_after=settings.producer_replace_after_ms / 1000,
         health=health,
+        metrics=metrics,
     )
     app = create_app(
         publish=publish_send,
@@ -123,8 +137,9 @@ async def run_service(
             max_listings=settings.http_max_listings,
             body_read_timeout=settings.http_body_read_seconds,
         ),
+        metrics=metrics,
     )
-    supervised = partial(supervise_actor, policy=policy, health=health)
+    supervised = partial(supervise_actor, policy=policy, health=health, metrics=metrics)
 
     waiting = f"waiting for the broker at {settings.bootstrap_servers}"
     for actor in ("consumer", "publisher"):

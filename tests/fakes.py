@@ -28,7 +28,15 @@ import attrs
 import trio
 from trio_util import AsyncValue
 
-from actors.kafka.ports import DeliveryReport, Headers, KafkaFailure, KafkaPorts, Placed, Record
+from actors.kafka.ports import (
+    ClientStatistics,
+    DeliveryReport,
+    Headers,
+    KafkaFailure,
+    KafkaPorts,
+    Placed,
+    Record,
+)
 from actors.runtime.health import ActorState, Health
 
 T = TypeVar("T")
@@ -97,8 +105,9 @@ class FakeProducer:
 
     Scripting: :meth:`refuse` (``produce`` raises ``BufferError`` or ``ProduceRejected``),
     ``queue_capacity`` (``BufferError`` while that many reports are undelivered),
-    :meth:`fail_deliveries`, :meth:`fence`, :meth:`crash_next_poll`; ``connected`` is a plain
-    attribute. :meth:`discard` is the last call: any call after it fails the test.
+    :meth:`fail_deliveries`, :meth:`fence`, :meth:`crash_next_poll`; ``connected`` and
+    ``statistics`` are plain attributes. :meth:`discard` is the last call: any call after it
+    fails the test.
     """
 
     def __init__(
@@ -111,6 +120,7 @@ class FakeProducer:
         name: str = "producer",
     ) -> None:
         self.connected: bool | None = True
+        self.statistics: ClientStatistics | None = None
         self.delivery_latency = delivery_latency
         self.queue_capacity = queue_capacity
         self.partition = partition
@@ -258,7 +268,7 @@ class FakeConsumer:
     ``consume`` returns what is queued (nothing until ``assigned``), or waits on virtual time
     for :meth:`add` up to its ``timeout``. It records ``store_offset``, ``commit`` and ``close``
     and refuses the calls librdkafka forbids: anything after ``close``, and ``close`` while a
-    ``consume`` is in progress (librdkafka#2333).
+    ``consume`` is in progress (librdkafka#2333). ``statistics`` is a plain attribute.
     """
 
     def __init__(
@@ -271,6 +281,7 @@ class FakeConsumer:
         name: str = "consumer",
     ) -> None:
         self.connected = connected
+        self.statistics: ClientStatistics | None = None
         #: Every ``store_offset`` call, in order.
         self.stored: list[StoredOffset] = []
         #: How many offsets were stored so far; tests wait on it.

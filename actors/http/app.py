@@ -2,7 +2,8 @@
 loop (:mod:`actors.http.server`).
 
 It holds no events itself. ``POST /events/generate`` builds the event and asks the publisher,
-``GET /events/processed`` asks the store, ``GET /health`` reads the shared health record. Every
+``GET /events/processed`` asks the store, ``GET /health`` (and ``/health/live``,
+``/health/ready``) reads the shared health record, ``GET /metrics`` the service's metrics. Every
 answer the app gives, errors included, is JSON; no stack trace ever reaches a client (what h11
 rejects before the app sees a request gets hypercorn's empty-bodied 400/431/501, see README).
 
@@ -22,7 +23,7 @@ from typing import Any
 
 import attrs
 import trio
-from quart import Response, request
+from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, RequestTimeout
 
@@ -36,10 +37,12 @@ from actors.domain.messages import (
     ReadEvents,
     StoreCommand,
 )
+from actors.domain.trace import REQUEST_ID_HEADER, TRACEPARENT_HEADER, TraceContext
 from actors.http.openapi import openapi_document
 from actors.http.server import ServerOptions, serve_http
 from actors.runtime.health import ActorState, Health
 from actors.runtime.logs import log_fields
+from actors.runtime.metrics import CONTENT_TYPE, Metrics
 
 __all__ = ["HttpOptions", "ServerOptions", "create_app", "run_http"]
 
@@ -93,14 +96,27 @@ def create_app(
     store: trio.MemorySendChannel[StoreCommand],
     health: Health,
     options: HttpOptions,
+    metrics: Metrics | None = None,
 ) -> QuartTrio:
-    """The ASGI app; it reaches the other actors only through the channel ends given here."""
+    """The ASGI app; it reaches the other actors only through the channel ends given here.
+
+    Every request is counted and timed in ``metrics``, and so is each publish outcome.
+    """
     app = QuartTrio(__name__)
+    metrics = metrics or Metrics()
     # NOTE: the size limit is enforced while reading (_read_body), not by quart's
     # MAX_CONTENT_LENGTH, which answers 413 before the body has arrived (see _read_body).
     app.config["MAX_CONTENT_LENGTH"] = None
     retry_after = {"Retry-After": str(max(1, math.ceil(options.publish_timeout)))}
     listings = _Listings(options.max_listings)
+
+    @app.before_request
+    async def begin_request() -> None:
+        """Registered first, so every request has its start time and trace context."""
+        g.started = trio.current_time()
+        g.trace = TraceContext.from_http(
+            request.headers.get(TRACEPARENT_HEADER), request.headers.get(REQUEST_ID_HEADER)
+        )
 
     @app.post("/events/generate")
     async def generate_event() -> Response:
@@ -126,8 +142,11 @@ def create_app(
             # Not yet connected (or never, with no broker): say so now rather than at the
             # deadline. Requests queued meanwhile would only expire in the inbox.
             reason = health.detail("publisher") or "the publisher is starting"
+            metrics.publish_failed("unavailable")
             return error_response(503, "publish_unavailable", reason, headers=retry_after)
-        outcome = await _publish(publish, event, options.publish_timeout)
+        handed_over = trio.current_time()
+        outcome = await _publish(publish, event, options.publish_timeout, g.trace)
+        _record_publish(metrics, outcome, trio.current_time() - handed_over)
         match outcome:
             case Published():
                 return json_response(event.to_json(), 201)
@@ -161,6 +180,22 @@ def create_app(
     async def health_check() -> Response:
         return json_response(health.snapshot(), 200 if health.healthy else 503)
 
+    @app.get("/health/live")
+    async def liveness() -> Response:
+        """200 while the process serves and no actor is being given up on (restart me if not)."""
+        return json_response({"status": "live" if health.live else "failed"}, _status(health.live))
+
+    @app.get("/health/ready")
+    async def readiness() -> Response:
+        """200 only when every actor runs and the consumer holds its assignment (as /health)."""
+        return json_response(
+            {"status": "ready" if health.healthy else "not ready"}, _status(health.healthy)
+        )
+
+    @app.get("/metrics")
+    async def metrics_exposition() -> Response:
+        return Response(metrics.exposition(), status=200, content_type=CONTENT_TYPE)
+
     @app.get("/openapi.json")
     async def openapi() -> Response:
         return json_response(
@@ -173,6 +208,15 @@ def create_app(
             # quart's automatic answer is an empty text/html 200; the Allow header is the
             # whole answer, so say so with 204.
             response = Response(b"", status=204, headers={"Allow": response.headers["Allow"]})
+        trace: TraceContext = g.get("trace") or TraceContext.from_http(None, None)
+        response.headers["X-Request-Id"] = str(trace.request_id)
+        rule = request.url_rule
+        metrics.http_request(
+            route=rule.rule if rule is not None else "unmatched",
+            method=request.method,
+            status=response.status_code,
+            seconds=trio.current_time() - g.get("started", trio.current_time()),
+        )
         log_fields(
             access_log,
             logging.INFO,
@@ -180,6 +224,7 @@ def create_app(
             method=request.method,
             path=request.path,
             status=response.status_code,
+            requestId=trace.request_id,
         )
         return response
 
@@ -256,21 +301,38 @@ async def _read_body(limit: int, timeout: float) -> bytes | None:
     return b"".join(chunks) if size <= limit else None
 
 
+def _status(ok: bool) -> int:
+    return 200 if ok else 503
+
+
+def _record_publish(metrics: Metrics, outcome: PublishOutcome, seconds: float) -> None:
+    """Count a publish outcome; time it from the hand-over when the broker acknowledged it."""
+    if isinstance(outcome, Published):
+        metrics.publish_acknowledged(seconds)
+    else:
+        metrics.publish_failed(outcome.kind)
+
+
 async def _publish(
-    publish: trio.MemorySendChannel[PublishRequest], event: UserEvent, timeout: float
+    publish: trio.MemorySendChannel[PublishRequest],
+    event: UserEvent,
+    timeout: float,
+    trace: TraceContext,
 ) -> PublishOutcome:
     """Hand the event to the publisher and wait for the broker's answer, at most ``timeout``."""
     send, receive = trio.open_memory_channel[PublishOutcome](1)
     deadline = trio.current_time() + timeout
     try:
-        publish.send_nowait(PublishRequest(event=event, deadline=deadline, reply=send))
+        publish.send_nowait(PublishRequest(event=event, deadline=deadline, reply=send, trace=trace))
     except trio.WouldBlock:
-        return PublishFailed(reason="too many events waiting to be published", retriable=True)
+        return PublishFailed(
+            reason="too many events waiting to be published", retriable=True, kind="queue_full"
+        )
     with receive, trio.move_on_at(deadline):
         try:
             return await receive.receive()
         except trio.EndOfChannel:  # the publisher dropped the request without an answer
-            return PublishFailed(reason="the publisher stopped", retriable=True)
+            return PublishFailed(reason="the publisher stopped", retriable=True, kind="unavailable")
     return PublishFailed(reason="the broker did not confirm the event in time", retriable=True)
 
 

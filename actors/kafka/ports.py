@@ -9,12 +9,13 @@ actor code run against both. :class:`KafkaPorts` bundles how the actors open the
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
 
 import attrs
 
 __all__ = [
+    "ClientStatistics",
     "ConsumerPort",
     "DeliveryReport",
     "KafkaFailure",
@@ -74,6 +75,21 @@ class Record:
     headers: tuple[tuple[str, bytes], ...] = ()
 
 
+@attrs.frozen(kw_only=True)
+class ClientStatistics:
+    """What a client's latest librdkafka statistics report says (one comes every second).
+
+    ``queued_messages``: messages in a producer's queues, not yet acknowledged (``msg_cnt``).
+    ``assigned_partitions``: a consumer's assignment size (``cgrp.assignment_size``).
+    ``lag``: per assigned ``(topic, partition)`` whose lag is known, librdkafka's
+    ``consumer_lag``: high watermark minus the consumer's position, never below 0.
+    """
+
+    queued_messages: int = 0
+    assigned_partitions: int = 0
+    lag: Mapping[tuple[str, int], int] = attrs.field(factory=dict)
+
+
 class ProducerPort(Protocol):
     """A Kafka producer whose blocking calls are awaitable.
 
@@ -84,6 +100,11 @@ class ProducerPort(Protocol):
     @property
     def connected(self) -> bool | None:
         """Whether a broker connection is up; ``None`` until the client knows."""
+        ...
+
+    @property
+    def statistics(self) -> ClientStatistics | None:
+        """The latest statistics report; ``None`` until the first one."""
         ...
 
     def produce(
@@ -135,6 +156,11 @@ class ConsumerPort(Protocol):
     @property
     def assigned(self) -> bool:
         """Whether the member has joined the group and holds its (possibly empty) assignment."""
+        ...
+
+    @property
+    def statistics(self) -> ClientStatistics | None:
+        """The latest statistics report; ``None`` until the first one."""
         ...
 
     async def consume(self, max_messages: int, timeout: float) -> list[Record]:

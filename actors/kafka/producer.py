@@ -15,7 +15,13 @@ from actors.kafka.bridge import (
     known,
     slices,
 )
-from actors.kafka.ports import DeliveryReport, Headers, Placed, ProduceRejected
+from actors.kafka.ports import (
+    ClientStatistics,
+    DeliveryReport,
+    Headers,
+    Placed,
+    ProduceRejected,
+)
 
 __all__ = ["KafkaProducer"]
 
@@ -31,6 +37,10 @@ class KafkaProducer:
     @property
     def connected(self) -> bool | None:
         return self._connectivity.connected
+
+    @property
+    def statistics(self) -> ClientStatistics | None:
+        return self._connectivity.statistics
 
     def produce(
         self,
