@@ -92,7 +92,7 @@ def main(
     broker = None
     if arguments.local_broker:
         try:
-            broker = start_local_broker(settings.local_broker_port)
+            broker = start_local_broker(settings.local_broker_port, die_with_parent=True)
         except LocalBrokerError as error:
             print(f"local broker: {error}", file=sys.stderr)
             return 1

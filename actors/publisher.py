@@ -2,7 +2,7 @@
 
 It drains its inbox, hands each event to the producer (key = userId, so one user's events stay
 in order on one partition) and answers each request from the broker's delivery report:
-:class:`~actors.domain.messages.Published` only once the broker acknowledged the write,
+:class:`~actors.domain.messages.Placed` only once the broker acknowledged the write,
 which is what lets the HTTP actor promise that every ``201`` is on the topic.
 
 Two tasks share the producer: *intake* (``produce`` never blocks; a full local queue makes it
@@ -27,8 +27,8 @@ import attrs
 import trio
 from trio_util import AsyncValue
 
-from actors.domain.messages import Published, PublishFailed, PublishOutcome, PublishRequest, reply
-from actors.kafka.ports import DeliveryReport, KafkaFailure, Placed, ProduceRejected, ProducerPort
+from actors.domain.messages import Placed, PublishFailed, PublishOutcome, PublishRequest, reply
+from actors.kafka.ports import DeliveryReport, KafkaFailure, ProduceRejected, ProducerPort
 from actors.kafka.replacement import ReplacingProducer
 from actors.runtime.backoff import Backoff
 from actors.runtime.health import ActorState, Health
@@ -128,8 +128,8 @@ class _Publisher:
         while self._reports:
             attempt, report = self._reports.popleft()
             match report:
-                case Placed(partition=partition, offset=offset):
-                    self._resolve(attempt, Published(partition=partition, offset=offset))
+                case Placed():
+                    self._resolve(attempt, report)
                 case KafkaFailure() as failure:
                     self._retry_or_fail(attempt, failure, nursery)
 
@@ -169,7 +169,7 @@ class _Publisher:
 
     def _resolve(self, attempt: _Attempt, outcome: PublishOutcome) -> None:
         request = attempt.request
-        if isinstance(outcome, Published):
+        if isinstance(outcome, Placed):
             self._health.count("published")
             self._metrics.event_published()
             log_fields(

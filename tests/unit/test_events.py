@@ -573,6 +573,41 @@ def test_to_json_is_the_same_whatever_order_a_document_had() -> None:
 
 
 @pytest.mark.parametrize(
+    "payload",
+    [{}, {"b": 1, "a": "é"}, {"n": [1, 2.5, None, True, {"x": "😀"}]}, {"s": '\u2028"\\'}],
+)
+def test_the_one_encoding_equals_a_fresh_canonical_dump(payload: dict[str, Any]) -> None:
+    """The bytes made from validation's payload encoding are exactly the canonical JSON of the
+    event, through either door and for a directly built event alike."""
+    document = stored(payload=payload)
+    expected = json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+    consumed = decode_event(encoded(document), LIMITS)
+    assert consumed.encoded == expected
+    direct = UserEvent(
+        event_id=document["eventId"],
+        user_id=document["userId"],
+        event_type=document["eventType"],
+        timestamp=document["timestamp"],
+        payload=payload,
+    )
+    assert direct.encoded == expected
+    posted = event_from_request(body(userId="u", eventType="LOGIN", payload=payload), LIMITS)
+    assert json.loads(posted.encoded) == posted.to_dict()
+    assert posted.to_json() is posted.encoded
+
+
+def test_payload_at_the_byte_limit_is_measured_on_its_encoding() -> None:
+    """The limit counts the payload's compact UTF-8 bytes: one byte more is a problem."""
+    limits = Limits(max_payload_bytes=12)
+    fits = {"k": "éé"}  # {"k":"éé"} is 12 bytes
+    assert len(json.dumps(fits, separators=(",", ":"), ensure_ascii=False).encode()) == 12
+    assert event_from_request(body(userId="u", eventType="LOGIN", payload=fits), limits)
+    assert problems_of(body(userId="u", eventType="LOGIN", payload={"k": "ééé"}), limits) == [
+        Problem("payload", "must be at most 12 bytes as JSON")
+    ]
+
+
+@pytest.mark.parametrize(
     "user_id",
     [
         "\u200b",  # zero-width space (Cf)

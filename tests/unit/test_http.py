@@ -18,7 +18,7 @@ from quart_trio import QuartTrio
 from actors.domain.events import Limits, decode_event, new_event
 from actors.domain.messages import (
     EventsPage,
-    Published,
+    Placed,
     PublishFailed,
     PublishOutcome,
     PublishRequest,
@@ -43,7 +43,7 @@ Answer = Callable[[PublishRequest], PublishOutcome | None]
 
 
 def confirm(request: PublishRequest) -> PublishOutcome:
-    return Published(partition=0, offset=7)
+    return Placed(partition=0, offset=7)
 
 
 def never_answer(request: PublishRequest) -> None:

@@ -16,7 +16,7 @@ import trio.testing
 from fakes import FENCED, FakeProducer, RecordingHealth, opener
 
 from actors.domain.events import UserEvent, new_event
-from actors.domain.messages import Published, PublishFailed, PublishOutcome, PublishRequest
+from actors.domain.messages import Placed, PublishFailed, PublishOutcome, PublishRequest
 from actors.kafka.ports import KafkaFailure, KafkaFatalError, ProduceRejected
 from actors.publisher import run_publisher
 from actors.runtime.backoff import Backoff, no_jitter
@@ -101,19 +101,33 @@ async def test_success_replies_published_with_partition_and_offset(
     async with running_publisher(producer, health) as inbox:
         first = await publish(inbox, make_event("u1"))
         second = await publish(inbox, make_event("u2"))
-    assert first == (Published(partition=2, offset=0), 0.0)
-    assert second == (Published(partition=2, offset=1), 0.0)
+    assert first == (Placed(partition=2, offset=0), 0.0)
+    assert second == (Placed(partition=2, offset=1), 0.0)
     assert health.counters["published"] == 2
+
+
+async def test_the_message_value_is_the_events_own_bytes(
+    autojump_clock: trio.testing.MockClock, health: Health
+) -> None:
+    """The publisher sends the bytes the event was made with (no second encoding) and answers
+    with the delivery report's own value."""
+    producer = FakeProducer()
+    event = make_event()
+    async with running_publisher(producer, health) as inbox:
+        outcome, _ = await publish(inbox, event)
+    [produced] = producer.produced
+    assert produced.value is event.encoded
+    assert outcome == Placed(partition=0, offset=0)
 
 
 async def test_reply_waits_for_the_delivery_report(
     autojump_clock: trio.testing.MockClock, health: Health
 ) -> None:
-    """Published comes only when the broker's report arrives, not when produce() returns."""
+    """Placed comes only when the broker's report arrives, not when produce() returns."""
     producer = FakeProducer(delivery_latency=0.75)
     async with running_publisher(producer, health) as inbox:
         outcome, at = await publish(inbox, make_event())
-    assert outcome == Published(partition=0, offset=0)
+    assert outcome == Placed(partition=0, offset=0)
     assert at == 0.75
     assert producer.attempts == [0.0]
 
@@ -136,13 +150,13 @@ async def test_message_key_is_user_id_and_value_is_canonical_json(
 async def test_retriable_delivery_failure_is_retried_after_backoff_delays(
     autojump_clock: trio.testing.MockClock, health: Health
 ) -> None:
-    """Three retriable failures: retries after 0.1, 0.2 and 0.4 s, then Published."""
+    """Three retriable failures: retries after 0.1, 0.2 and 0.4 s, then Placed."""
     producer = FakeProducer()
     producer.fail_deliveries(RETRIABLE, times=3)
     async with running_publisher(producer, health) as inbox:
         outcome, at = await publish(inbox, make_event())
     assert producer.attempts == approx([0.0, 0.1, 0.3, 0.7])
-    assert outcome == Published(partition=0, offset=0)
+    assert outcome == Placed(partition=0, offset=0)
     assert at == approx(0.7)
     assert health.counters["publish_retries"] == 3
     assert health.counters["publish_failures"] == 0
@@ -157,7 +171,7 @@ async def test_retriable_produce_rejection_is_retried_after_backoff_delays(
     async with running_publisher(producer, health) as inbox:
         outcome, at = await publish(inbox, make_event())
     assert producer.attempts == approx([0.0, 0.1, 0.3])
-    assert outcome == Published(partition=0, offset=0)
+    assert outcome == Placed(partition=0, offset=0)
     assert at == approx(0.3)
 
 
@@ -217,7 +231,7 @@ async def test_full_producer_queue_is_backpressure(
         outcome, at = await publish(inbox, make_event())
         assert health.state("publisher").value is ActorState.RUNNING
     assert producer.attempts == approx([0.0, 0.1, 0.2, 0.3])
-    assert outcome == Published(partition=0, offset=0)
+    assert outcome == Placed(partition=0, offset=0)
     assert at == approx(0.3)
     assert health.counters["producer_queue_full"] == 3
     assert health.counters["publish_retries"] == 0
@@ -254,7 +268,7 @@ async def test_inbox_is_not_drained_while_the_producer_refuses(
             inbox.send_nowait(make_request(make_event("u5"))[0])
         assert [message.key for message in producer.produced] == [b"u1"]
         outcomes = [await reply.receive() for reply in replies]
-    assert outcomes == [Published(partition=0, offset=n) for n in range(4)]
+    assert outcomes == [Placed(partition=0, offset=n) for n in range(4)]
     assert [message.key for message in producer.produced] == [b"u1", b"u2", b"u3", b"u4"]
     assert health.counters["producer_queue_full"] > 0
     assert health.state("publisher").value is ActorState.STOPPED
@@ -278,8 +292,8 @@ async def test_closed_inbox_drains_outstanding_work_then_flushes_and_stops(
 
     # u1 fails at 1.0, is retried at 1.1 and delivered at 2.1; only then may it return.
     assert trio.current_time() == approx(2.1)
-    assert first_reply.receive_nowait() == Published(partition=0, offset=1)
-    assert second_reply.receive_nowait() == Published(partition=0, offset=0)
+    assert first_reply.receive_nowait() == Placed(partition=0, offset=1)
+    assert second_reply.receive_nowait() == Placed(partition=0, offset=0)
     assert journal == [
         "producer.produce",
         "producer.produce",
@@ -307,7 +321,7 @@ async def test_cancelled_publisher_flushes_what_the_producer_holds(
         nursery.cancel_scope.cancel()
     assert trio.current_time() == approx(0.5)
     assert producer.flushes == approx([0.2])
-    assert reply.receive_nowait() == Published(partition=0, offset=0)
+    assert reply.receive_nowait() == Placed(partition=0, offset=0)
     assert health.state("publisher").value is ActorState.STOPPED
 
 
@@ -377,7 +391,7 @@ async def test_fenced_delivery_replaces_the_producer_and_is_retried_on_the_new_o
     fenced.fence()
     async with running_publisher([fenced, fresh], health) as inbox:
         outcome, at = await publish(inbox, make_event())
-    assert outcome == Published(partition=0, offset=0)
+    assert outcome == Placed(partition=0, offset=0)
     assert at == approx(0.1)  # one backoff delay after the fenced report
     assert fenced.discarded_at == 0.0
     assert [message.at for message in fresh.produced] == approx([0.1])
@@ -435,7 +449,7 @@ async def test_every_delivery_failing_for_the_window_replaces_the_producer(
     # Failures at 1.0, 2.1, 3.3, 4.7, 6.5; the retry after 1.6 s goes to the new producer.
     assert failing.attempts == approx([0.0, 1.1, 2.3, 3.7, 5.5])
     assert failing.discarded_at == approx(6.5)
-    assert outcome == Published(partition=0, offset=0)
+    assert outcome == Placed(partition=0, offset=0)
     assert at == approx(8.1)
     assert health.counters["producer_replacements"] == 1
 
@@ -448,7 +462,7 @@ async def test_failures_for_less_than_the_window_keep_the_producer(
     failing.fail_deliveries(RETRIABLE, times=4)
     async with running_publisher([failing], health) as inbox:
         outcome, at = await publish(inbox, make_event(), timeout=60)
-    assert outcome == Published(partition=0, offset=0)
+    assert outcome == Placed(partition=0, offset=0)
     assert at == approx(6.5)
     assert failing.discarded_at is None
     assert health.counters["producer_replacements"] == 0
@@ -463,7 +477,7 @@ async def test_fatal_client_error_replaces_the_producer_without_a_restart(
     async with running_publisher([fatal, fresh], health) as inbox:
         await trio.sleep(1)
         outcome, _ = await publish(inbox, make_event())
-    assert outcome == Published(partition=0, offset=0)
+    assert outcome == Placed(partition=0, offset=0)
     assert fatal.discarded_at == approx(0.0)
     assert len(fresh.produced) == 1
     assert health.counters["producer_replacements"] == 1

@@ -131,6 +131,16 @@ async def test_list_returns_canonical_bytes() -> None:
     assert all(isinstance(raw, bytes) for raw in listed)
 
 
+async def test_the_store_keeps_the_events_own_bytes_without_encoding_again() -> None:
+    """What is stored and listed is the very bytes object the event was made with."""
+    health = Health(("store",))
+    event = make_event("u1", a=1)
+    async with running_store(health) as inbox:
+        await put(inbox, event)
+        [listed] = await list_events(inbox)
+    assert listed is event.encoded
+
+
 async def test_store_ends_when_inbox_closed_and_reports_stopped() -> None:
     """Closing the only send end ends run_store, which reports STOPPED."""
     health = Health(("store",))
