@@ -307,7 +307,7 @@ def _status(ok: bool) -> int:
 
 def _record_publish(metrics: Metrics, outcome: PublishOutcome, seconds: float) -> None:
     """Count a publish outcome; time it from the hand-over when the broker acknowledged it."""
-    if isinstance(outcome, Published):
+    if isinstance(outcome, Placed):
         metrics.publish_acknowledged(seconds)
     else:
         metrics.publish_failed(outcome.kind)
