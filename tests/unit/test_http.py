@@ -28,6 +28,7 @@ from actors.domain.messages import (
 )
 from actors.http.app import STORE_QUERY_SECONDS, HttpOptions, create_app
 from actors.runtime.health import ActorState, Health
+from actors.runtime.metrics import Metrics
 
 PUBLISH_TIMEOUT = 2.5
 MAX_BODY_BYTES = 1024
@@ -106,6 +107,7 @@ async def serving(
     store_answers: bool = True,
     store_pages: int | None = None,
     options: HttpOptions = OPTIONS,
+    metrics: Metrics | None = None,
 ) -> AsyncIterator[Service]:
     """Build the app on real channels; ``answer=None`` leaves the publisher inbox unread."""
     publish_send, publish_receive = trio.open_memory_channel[PublishRequest](publish_buffer)
@@ -113,7 +115,9 @@ async def serving(
     health = Health(ACTORS)
     for actor in ACTORS:
         health.report(actor, ActorState.RUNNING)
-    app = create_app(publish=publish_send, store=store_send, health=health, options=options)
+    app = create_app(
+        publish=publish_send, store=store_send, health=health, options=options, metrics=metrics
+    )
     service = Service(
         app=app,
         client=app.test_client(),
