@@ -1,1 +1,1 @@
-"""Pure values of the domain: the event, its validation, the messages actors exchange, trace context."""
+"""Pure values of the domain: the event, its validation, the messages, the trace context."""
