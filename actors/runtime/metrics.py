@@ -31,7 +31,6 @@ from typing import Any, Literal, get_args
 
 import trio
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -41,6 +40,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from actors.domain.messages import PublishFailureKind
 from actors.runtime.health import ActorState, Health
@@ -56,13 +56,14 @@ __all__ = [
 
 # NOTE: process-wide, the library's only switch: no `_created` series beside each counter and
 # histogram (the text format shows them as gauges of their own, which nobody here reads).
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]  # the library leaves it unannotated
 
 #: The one prefix of every metric the service exports.
 PREFIX = "user_activity_"
 
-#: ``Content-Type`` of :meth:`Metrics.exposition`.
-CONTENT_TYPE = CONTENT_TYPE_LATEST
+#: ``Content-Type`` of :meth:`Metrics.exposition`: the classic text format, which every
+#: Prometheus reads (and what the library's own HTTP handler answers a plain scrape with).
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
 #: Why a POST got no 201 although its event was valid: ``publish_failures_total``'s reasons.
 PUBLISH_FAILURE_KINDS: tuple[PublishFailureKind, ...] = get_args(PublishFailureKind)

@@ -8,7 +8,6 @@ promtool comes from ``scripts/ensure-promtool`` (Debian's prometheus package), w
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 from pathlib import Path
@@ -16,22 +15,28 @@ from typing import Any
 
 import pytest
 import yaml
+from monitoring_files import (
+    ALERTS,
+    DASHBOARD,
+    MONITORING,
+    alert_rules,
+    dashboard,
+    dashboard_expressions,
+    metrics_used,
+)
 
 from actors.runtime.metrics import PREFIX, Metrics
 from actors.runtime.settings import SETTINGS
 
-from .container_files import ROOT, interpolate, parse_listeners, read_compose, service_environment
+from .container_files import interpolate, parse_listeners, read_compose, service_environment
 from .test_container_files import _tool
 
-MONITORING = ROOT / "monitoring"
 PROMETHEUS_DIR = MONITORING / "prometheus"
 PROMETHEUS_CONFIG = PROMETHEUS_DIR / "prometheus.yml"
-ALERTS = PROMETHEUS_DIR / "alerts.yml"
 ALERT_TESTS = PROMETHEUS_DIR / "alerts.test.yml"
 GRAFANA = MONITORING / "grafana"
 DATASOURCES = GRAFANA / "provisioning" / "datasources" / "prometheus.yml"
 DASHBOARD_PROVIDERS = GRAFANA / "provisioning" / "dashboards" / "dashboards.yml"
-DASHBOARD = GRAFANA / "dashboards" / "user-activity.json"
 
 #: The alerts the service promises (README.md, "Monitoring").
 ALERT_NAMES = {
@@ -56,8 +61,6 @@ DASHBOARD_TOPICS = {
 PANEL_TYPES = {"timeseries", "stat", "gauge", "table", "bargauge", "text"}
 GRID_COLUMNS = 24
 
-_METRIC_NAME = re.compile(rf"\b{PREFIX}[a-z_]+\b")
-
 
 def promtool(
     *arguments: str | Path, cwd: Path = PROMETHEUS_DIR
@@ -74,19 +77,6 @@ def promtool(
 
 def load_yaml(path: Path) -> Any:
     return yaml.safe_load(path.read_text())
-
-
-def alert_rules() -> list[dict[str, Any]]:
-    return [rule for group in load_yaml(ALERTS)["groups"] for rule in group["rules"]]
-
-
-def dashboard() -> dict[str, Any]:
-    document: dict[str, Any] = json.loads(DASHBOARD.read_text())
-    return document
-
-
-def dashboard_expressions() -> list[str]:
-    return [target["expr"] for panel in dashboard()["panels"] for target in panel["targets"]]
 
 
 def exported_names() -> set[str]:
@@ -182,7 +172,7 @@ def test_every_metric_used_is_exported_by_the_service(source: str) -> None:
     expressions = (
         [rule["expr"] for rule in alert_rules()] if source == "alerts" else dashboard_expressions()
     )
-    used = {name for expression in expressions for name in _METRIC_NAME.findall(expression)}
+    used = metrics_used(expressions)
     assert used, f"the {source} use no metric of the service"
     assert sorted(used - exported_names()) == []
 
