@@ -20,7 +20,7 @@ import trio
 from actors.devtools.local_broker import LocalBrokerError, start_local_broker
 from actors.kafka.ports import KafkaPorts
 from actors.runtime.logs import configure_logging, log_fields
-from actors.runtime.settings import SETTINGS, Settings, SettingsError, load_settings
+from actors.runtime.settings import SETTINGS, KafkaSettings, SettingsError, load_settings
 from actors.supervisor import supervise
 
 log = logging.getLogger("actors")
@@ -75,12 +75,13 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(
     argv: Sequence[str] | None = None,
     *,
-    kafka_ports: Callable[[Settings], KafkaPorts] | None = None,
+    kafka_ports: Callable[[KafkaSettings], KafkaPorts] | None = None,
 ) -> int:
     """Run the service as ``python -m actors`` does; returns the exit status.
 
-    ``kafka_ports`` replaces the confluent-kafka adapters (built from the final settings, after
-    ``--local-broker``): the seam through which a test wraps the real clients to inject faults.
+    ``kafka_ports`` replaces the confluent-kafka adapters (built from the final Kafka settings,
+    after ``--local-broker``): the seam through which a test wraps the real clients to inject
+    faults.
     """
     arguments = parse_arguments(argv)
     try:
@@ -88,22 +89,24 @@ def main(
     except SettingsError as error:
         print(f"configuration error: {error}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log.level)
     broker = None
     if arguments.local_broker:
         try:
-            broker = start_local_broker(settings.local_broker_port, die_with_parent=True)
+            broker = start_local_broker(settings.local_broker.port, die_with_parent=True)
         except LocalBrokerError as error:
             print(f"local broker: {error}", file=sys.stderr)
             return 1
-        settings = attrs.evolve(settings, bootstrap_servers=broker.bootstrap_servers)
+        settings = attrs.evolve(
+            settings, kafka=attrs.evolve(settings.kafka, bootstrap_servers=broker.bootstrap_servers)
+        )
         # One plain line for the person at the terminal; the logs on stdout stay JSON.
         print(f"local Kafka broker at {broker.bootstrap_servers} (in memory)", file=sys.stderr)
         log_fields(
             log, logging.INFO, "local broker started", bootstrapServers=broker.bootstrap_servers
         )
     try:
-        ports = kafka_ports(settings) if kafka_ports is not None else None
+        ports = kafka_ports(settings.kafka) if kafka_ports is not None else None
         return trio.run(supervise, settings, ports)
     except Exception:
         log.critical("service crashed", exc_info=True)

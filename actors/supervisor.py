@@ -26,23 +26,21 @@ import trio
 from trio_util import move_on_when
 
 from actors.consumer import run_consumer
-from actors.domain.events import Limits
 from actors.domain.messages import PublishRequest, StoreCommand
 from actors.http.app import HttpOptions, create_app, run_http
 from actors.http.server import BindError, ServerOptions
 from actors.kafka.ports import KafkaPorts
 from actors.kafka.topics import ensure_topics
 from actors.publisher import run_publisher
-from actors.runtime.backoff import Backoff
 from actors.runtime.health import ActorState, Health
 from actors.runtime.logs import log_fields
 from actors.runtime.metrics import Metrics
-from actors.runtime.settings import Settings
+from actors.runtime.settings import KafkaSettings, Settings
 from actors.runtime.signals import watch_signals
-from actors.runtime.supervision import RestartPolicy, TooManyRestarts, innermost, supervise_actor
+from actors.runtime.supervision import TooManyRestarts, innermost, supervise_actor
 from actors.store import run_store
 
-__all__ = ["ACTORS", "run_service", "supervise"]
+__all__ = ["ACTORS", "http_options", "run_service", "server_options", "supervise"]
 
 log = logging.getLogger(__name__)
 
@@ -78,27 +76,11 @@ async def run_service(
     """
     health = health or Health(ACTORS)
     metrics = metrics or Metrics(restartable=RESTARTABLE)
-    policy = RestartPolicy(
-        backoff=Backoff(
-            initial=settings.restart_backoff_ms / 1000,
-            maximum=settings.restart_backoff_ms / 1000 * 32,
-        ),
-        max_failures=settings.restart_max_failures,
-        window=settings.restart_window_ms / 1000,
-    )
-    publish_backoff = Backoff(
-        initial=settings.publish_retry_backoff_ms / 1000,
-        maximum=settings.publish_retry_backoff_max_ms / 1000,
-    )
-    limits = Limits(
-        event_types=settings.event_types,
-        max_user_id_length=settings.max_user_id_length,
-        max_payload_depth=settings.max_payload_depth,
-        max_payload_bytes=settings.max_payload_bytes,
-    )
+    publish_backoff = settings.publish.retry_backoff()
+    limits = settings.limits.limits()
     store_send, store_receive = trio.open_memory_channel[StoreCommand](STORE_INBOX_SIZE)
     publish_send, publish_receive = trio.open_memory_channel[PublishRequest](
-        settings.publish_queue_size
+        settings.publish.queue_size
     )
     metrics.watch_health(health)
     metrics.watch_mailbox("store", store_send)
@@ -107,12 +89,12 @@ async def run_service(
         run_consumer,
         open_consumer=ports.open_consumer,
         open_dead_letter_producer=ports.open_producer,
-        dlq_topic=settings.dlq_topic,
+        dlq_topic=settings.kafka.dlq_topic,
         store=store_send,
         limits=limits,
-        batch_size=settings.consumer_batch_size,
+        batch_size=settings.kafka.consumer_batch_size,
         backoff=publish_backoff,
-        replace_producer_after=settings.producer_replace_after_ms / 1000,
+        replace_producer_after=settings.publish.replace_producer_after,
         health=health,
         metrics=metrics,
     )
@@ -120,9 +102,9 @@ async def run_service(
         run_publisher,
         inbox=publish_receive,
         open_producer=ports.open_producer,
-        topic=settings.topic,
+        topic=settings.kafka.topic,
         backoff=publish_backoff,
-        replace_producer_after=settings.producer_replace_after_ms / 1000,
+        replace_producer_after=settings.publish.replace_producer_after,
         health=health,
         metrics=metrics,
     )
@@ -130,18 +112,17 @@ async def run_service(
         publish=publish_send,
         store=store_send,
         health=health,
-        options=HttpOptions(
-            limits=limits,
-            publish_timeout=settings.publish_timeout_ms / 1000,
-            max_body_bytes=settings.max_body_bytes,
-            max_listings=settings.http_max_listings,
-            body_read_timeout=settings.http_body_read_seconds,
-        ),
+        options=http_options(settings),
         metrics=metrics,
     )
-    supervised = partial(supervise_actor, policy=policy, health=health, metrics=metrics)
+    supervised = partial(
+        supervise_actor,
+        policy=settings.supervision.restart_policy(),
+        health=health,
+        metrics=metrics,
+    )
 
-    waiting = f"waiting for the broker at {settings.bootstrap_servers}"
+    waiting = f"waiting for the broker at {settings.kafka.bootstrap_servers}"
     for actor in ("consumer", "publisher"):
         health.report(actor, ActorState.STARTING, waiting)
 
@@ -151,8 +132,8 @@ async def run_service(
                 run_store,
                 inbox=store_receive,
                 health=health,
-                max_events=settings.store_max_events,
-                max_bytes=settings.store_max_bytes,
+                max_events=settings.store.max_events,
+                max_bytes=settings.store.max_bytes,
             )
         )
         async with trio.open_nursery() as consumer_nursery:
@@ -162,16 +143,7 @@ async def run_service(
                         partial(
                             run_http,
                             app=app,
-                            options=ServerOptions(
-                                host=settings.http_host,
-                                port=settings.http_port,
-                                keep_alive_timeout=settings.http_keep_alive_seconds,
-                                max_connections=settings.http_max_connections,
-                                graceful_timeout=min(
-                                    settings.publish_timeout_ms / 1000 + 1,
-                                    settings.shutdown_timeout_ms / 1000,
-                                ),
-                            ),
+                            options=server_options(settings),
                             shutdown_trigger=stop.wait,
                         )
                     )
@@ -182,10 +154,10 @@ async def run_service(
                     # and a stop during the wait ends start-up at once.
                     async with move_on_when(stop.wait):
                         await ensure_topics(
-                            [settings.topic, *filter(None, [settings.dlq_topic])],
+                            settings.kafka.topics(),
                             create_topic=ports.create_topic,
                             backoff=publish_backoff,
-                            bootstrap_servers=settings.bootstrap_servers,
+                            bootstrap_servers=settings.kafka.bootstrap_servers,
                         )
                     if not stop.is_set():
                         await consumer_nursery.start(supervised, "consumer", consumer)
@@ -201,6 +173,28 @@ async def run_service(
     log_fields(log, logging.INFO, "shutdown complete")
 
 
+def http_options(settings: Settings) -> HttpOptions:
+    """What the HTTP routes need: the event limits, the publish deadline, request bounds."""
+    return HttpOptions(
+        limits=settings.limits.limits(),
+        publish_timeout=settings.publish.timeout,
+        max_body_bytes=settings.limits.max_body_bytes,
+        max_listings=settings.http.max_listings,
+        body_read_timeout=settings.http.body_read_seconds,
+    )
+
+
+def server_options(settings: Settings) -> ServerOptions:
+    """Where the HTTP server listens, its connection bounds and its shutdown grace."""
+    return ServerOptions(
+        host=settings.http.host,
+        port=settings.http.port,
+        keep_alive_timeout=settings.http.keep_alive_seconds,
+        max_connections=settings.http.max_connections,
+        graceful_timeout=settings.http_graceful_timeout,
+    )
+
+
 async def supervise(settings: Settings, ports: KafkaPorts | None = None) -> int:
     """The service's whole life, from start-up to the end of shutdown; returns an exit status.
 
@@ -211,10 +205,10 @@ async def supervise(settings: Settings, ports: KafkaPorts | None = None) -> int:
     service = trio.CancelScope()
     status = 0
     async with trio.open_nursery() as root:
-        root.start_soon(watch_signals, stop, service, settings.shutdown_timeout_ms / 1000)
+        root.start_soon(watch_signals, stop, service, settings.supervision.shutdown_timeout)
         with service:
             try:
-                await run_service(settings, stop=stop, ports=ports or _kafka_ports(settings))
+                await run_service(settings, stop=stop, ports=ports or _kafka_ports(settings.kafka))
             except* BindError as group:
                 # A configuration error like any other: one line naming the variable, status 2.
                 print(f"configuration error: {innermost(group)}", file=sys.stderr)
@@ -230,7 +224,7 @@ async def supervise(settings: Settings, ports: KafkaPorts | None = None) -> int:
     return status
 
 
-def _kafka_ports(settings: Settings) -> KafkaPorts:
+def _kafka_ports(settings: KafkaSettings) -> KafkaPorts:
     """The confluent-kafka adapters, imported only when used: unit tests never load them."""
     from actors.kafka.adapters import kafka_ports
 

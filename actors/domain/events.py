@@ -12,7 +12,9 @@ the HTTP actor answers with them and the store keeps them, so no path encodes an
 
 Synopsis::
 
-    limits = Limits()
+    # The service builds its limits from the settings (LimitSettings.limits()).
+    limits = Limits(event_types=frozenset({"LOGIN"}), max_user_id_length=64,
+                    max_payload_depth=4, max_payload_bytes=1024)
     event = event_from_request(b'{"userId": "u1", "eventType": "LOGIN"}', limits)
     event.to_json()            # b'{"eventId":"...","userId":"u1",...}'
     decode_event(event.to_json(), limits) == event
@@ -51,12 +53,16 @@ _INT64 = 2**63
 
 @attrs.frozen(kw_only=True)
 class Limits:
-    """Bounds applied to every event, whichever door it comes through."""
+    """Bounds applied to every event, whichever door it comes through.
 
-    event_types: frozenset[str] = EVENT_TYPES
-    max_user_id_length: int = 256
-    max_payload_depth: int = 16
-    max_payload_bytes: int = 32 * 1024
+    No defaults here: the values are settings (``LimitSettings.limits()`` in
+    ``actors.runtime.settings`` builds them), declared once with their variables.
+    """
+
+    event_types: frozenset[str]
+    max_user_id_length: int
+    max_payload_depth: int
+    max_payload_bytes: int
 
 
 @attrs.frozen(kw_only=True, eq=False)

@@ -57,10 +57,6 @@ STORE_QUERY_SECONDS = 5.0
 #: 100,000 events take a few hundred round trips.
 LISTING_CHUNK_BYTES = 128 * 1024
 
-#: How long reading a request body may take before the request fails with 408 (the default of
-#: ``HttpOptions.body_read_timeout``; the service sets it from ``HTTP_BODY_READ_SECONDS``).
-BODY_READ_SECONDS = 30.0
-
 _JSON_TYPES = ("application/json",)
 
 #: ``json.dumps`` separators without spaces.
@@ -69,11 +65,16 @@ COMPACT = (",", ":")
 
 @attrs.frozen(kw_only=True)
 class HttpOptions:
+    """What the routes enforce; the supervisor derives it from the settings, times in seconds.
+
+    ``body_read_timeout`` bounds how long reading a request body may take before it is 408.
+    """
+
     limits: Limits
     publish_timeout: float
     max_body_bytes: int
-    max_listings: int = 4
-    body_read_timeout: float = BODY_READ_SECONDS
+    max_listings: int
+    body_read_timeout: float
 
 
 def json_response(

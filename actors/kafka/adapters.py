@@ -1,4 +1,4 @@
-"""The confluent-kafka adapters as one bundle of ports, built from the settings."""
+"""The confluent-kafka adapters as one bundle of ports, built from the Kafka settings."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from actors.kafka.config import consumer_config, producer_config
 from actors.kafka.consumer import KafkaConsumer
 from actors.kafka.ports import KafkaPorts
 from actors.kafka.producer import KafkaProducer
-from actors.runtime.settings import Settings
+from actors.runtime.settings import KafkaSettings
 
 __all__ = ["kafka_ports"]
 
 
-def kafka_ports(settings: Settings) -> KafkaPorts:
+def kafka_ports(settings: KafkaSettings) -> KafkaPorts:
     """Ports backed by confluent-kafka, built from ``settings``."""
     return KafkaPorts(
         open_producer=lambda: KafkaProducer(producer_config(settings)),

@@ -7,12 +7,12 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from actors.kafka.config import client_config
-from actors.runtime.settings import Settings
+from actors.runtime.settings import KafkaSettings
 
 __all__ = ["create_topic"]
 
 
-async def create_topic(settings: Settings, name: str, *, timeout: float = 3.0) -> bool:
+async def create_topic(settings: KafkaSettings, name: str, *, timeout: float = 3.0) -> bool:
     """Create ``name`` with the configured partitions; ``False`` if it already existed.
 
     Raises:

@@ -1,4 +1,4 @@
-"""librdkafka configuration for each kind of client, from the service's settings.
+"""librdkafka configuration for each kind of client, from the service's Kafka settings.
 
 Each builder returns a plain ``dict`` of librdkafka properties; what every client shares is in
 :func:`client_config`, and each role adds only what makes it what it is (an idempotent producer,
@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from actors.runtime.settings import Settings
+from actors.runtime.settings import KafkaSettings
 
 __all__ = ["client_config", "consumer_config", "producer_config"]
 
@@ -21,7 +21,7 @@ STATISTICS_INTERVAL_MS = 1000
 RECONNECT_BACKOFF_MAX_MS = 1000
 
 
-def client_config(settings: Settings) -> dict[str, Any]:
+def client_config(settings: KafkaSettings) -> dict[str, Any]:
     """Settings every client shares: where the brokers are and how to authenticate."""
     config: dict[str, Any] = {
         "bootstrap.servers": settings.bootstrap_servers,
@@ -42,7 +42,7 @@ def client_config(settings: Settings) -> dict[str, Any]:
     return config
 
 
-def producer_config(settings: Settings) -> dict[str, Any]:
+def producer_config(settings: KafkaSettings) -> dict[str, Any]:
     """An idempotent producer: no duplicates or reordering from librdkafka's own retries."""
     return client_config(settings) | {
         "enable.idempotence": True,
@@ -54,7 +54,7 @@ def producer_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-def consumer_config(settings: Settings) -> dict[str, Any]:
+def consumer_config(settings: KafkaSettings) -> dict[str, Any]:
     """At-least-once: offsets are stored by the actor after the store confirmed, then
     auto-committed in the background and committed explicitly on revoke and close."""
     return client_config(settings) | {

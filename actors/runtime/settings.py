@@ -1,14 +1,18 @@
-"""Every setting of the service, read once from the environment at start-up.
+"""Every setting of the service, each declared once, read once from the environment at start-up.
 
-The table :data:`SETTINGS` is the single source of truth: it names each environment variable,
-its default, how it is parsed and what it means. ``.env.example`` and the app's environment in
-``docker-compose.yml`` are checked against it by the test suite, so a variable cannot be added
-in one place and forgotten in another.
+A setting is one field of a group (:class:`KafkaSettings`, :class:`HttpSettings`, ...) declared
+with :func:`setting`: its environment variable, default, parser and description sit beside its
+name and type. :class:`Settings` composes the groups, and :data:`SETTINGS`, the flat list that
+``--help`` prints and the tests check ``.env.example`` and ``docker-compose.yml`` against, is
+read from those declarations in their order, so a variable cannot be added in one place and
+forgotten in another. What other floors need from the settings (:class:`Limits`, backoffs, the
+restart policy, durations in seconds) is derived here too, next to the values it comes from.
 
 Synopsis::
 
     settings = load_settings(os.environ)   # raises SettingsError naming the variable
-    settings.http_port                     # 3000
+    settings.http.port                     # 3000
+    settings.limits.limits()               # the Limits every event is checked against
 """
 
 from __future__ import annotations
@@ -19,9 +23,28 @@ from typing import Any
 
 import attrs
 
-from actors.domain.events import EVENT_TYPES
+from actors.domain.events import EVENT_TYPES, Limits
+from actors.runtime.backoff import Backoff
+from actors.runtime.supervision import RestartPolicy
 
-__all__ = ["SECRET_VARIABLES", "SETTINGS", "Setting", "Settings", "SettingsError", "load_settings"]
+__all__ = [
+    "SECRET_VARIABLES",
+    "SETTINGS",
+    "HttpSettings",
+    "KafkaSettings",
+    "LimitSettings",
+    "LocalBrokerSettings",
+    "LogSettings",
+    "PublishSettings",
+    "Setting",
+    "Settings",
+    "SettingsError",
+    "StoreSettings",
+    "SupervisionSettings",
+    "declared_settings",
+    "load_settings",
+    "setting",
+]
 
 
 class SettingsError(ValueError):
@@ -102,360 +125,485 @@ def _log_level(raw: str) -> str:
     return value
 
 
-@attrs.frozen
-class Setting:
-    """One environment variable: its name, default, parser and a one-line description."""
+_MS = _integer(1, 3_600_000)
 
+#: Where :func:`setting` keeps a field's declaration in its attrs metadata.
+_DECLARATION = "actors.setting"
+
+
+@attrs.frozen(kw_only=True)
+class _Declaration:
     variable: str
-    field: str
     default: str
     parse: Parser
     doc: str
+    secret: bool
 
 
-_MS = _integer(1, 3_600_000)
+def setting(variable: str, default: str, parse: Parser, doc: str, *, secret: bool = False) -> Any:
+    """Declare one field of a settings group as the environment variable ``variable``.
 
-SETTINGS: tuple[Setting, ...] = (
-    # Kafka connection and topic.
-    Setting(
+    ``default`` is the text the variable has when it is not set (what ``.env.example`` shows),
+    ``parse`` turns that text into the field's value or raises ``ValueError`` saying why, and
+    ``doc`` is the one line that ``--help`` and ``.env.example`` print. A ``secret`` value is
+    left out of ``repr`` and never quoted in an error.
+
+    Raises:
+        TypeError: the declaration lacks a variable name, a parser or a description, so a field
+            cannot be half-declared.
+    """
+    if not variable.isidentifier() or variable != variable.upper():
+        raise TypeError(f"setting {variable!r}: the variable must be an upper-case identifier")
+    if not callable(parse):
+        raise TypeError(f"setting {variable}: parse must be callable")
+    if not doc.strip():
+        raise TypeError(f"setting {variable}: doc must describe it")
+    declaration = _Declaration(
+        variable=variable, default=default, parse=parse, doc=doc, secret=secret
+    )
+    return attrs.field(repr=not secret, metadata={_DECLARATION: declaration})
+
+
+@attrs.frozen(kw_only=True)
+class KafkaSettings:
+    """Where the brokers are, the topics, and how the clients talk to them (librdkafka)."""
+
+    # Connection and topic.
+    bootstrap_servers: str = setting(
         "KAFKA_BOOTSTRAP_SERVERS",
-        "bootstrap_servers",
         "localhost:9092",
         _text,
         "Comma-separated host:port list of Kafka brokers.",
-    ),
-    Setting(
+    )
+    topic: str = setting(
         "KAFKA_TOPIC",
-        "topic",
         "user-activity-events",
         _text,
         "Topic the events are published to and consumed from.",
-    ),
-    Setting(
+    )
+    consumer_group: str = setting(
         "KAFKA_CONSUMER_GROUP",
-        "consumer_group",
         "user-activity-consumer-group",
         _text,
         "Consumer group id; committed offsets belong to it.",
-    ),
-    Setting(
+    )
+    client_id: str = setting(
         "KAFKA_CLIENT_ID",
-        "client_id",
         "user-activity-service",
         _text,
         "client.id reported to the broker by the producer and the consumer.",
-    ),
-    Setting(
+    )
+    topic_partitions: int = setting(
         "KAFKA_TOPIC_PARTITIONS",
-        "topic_partitions",
         "3",
         _integer(1, 10_000),
         "Partitions of the topic when the service creates it at start-up.",
-    ),
-    Setting(
+    )
+    topic_replication_factor: int = setting(
         "KAFKA_TOPIC_REPLICATION_FACTOR",
-        "topic_replication_factor",
         "1",
         _integer(1, 100),
         "Replication factor of the topic when the service creates it.",
-    ),
-    Setting(
+    )
+    dlq_topic: str | None = setting(
         "KAFKA_DLQ_TOPIC",
-        "dlq_topic",
         "",
         _optional_text,
         "Dead-letter topic for malformed messages; empty means log and skip them.",
-    ),
+    )
     # Consumer group tuning.
-    Setting(
+    session_timeout_ms: int = setting(
         "KAFKA_SESSION_TIMEOUT_MS",
-        "session_timeout_ms",
         "45000",
         _integer(1000, 3_600_000),
         "Consumer session.timeout.ms: how long the group waits for a silent member.",
-    ),
-    Setting(
+    )
+    #: Parsed as ``None`` when empty; :func:`load_settings` then derives it from the session.
+    heartbeat_interval_ms: int = setting(
         "KAFKA_HEARTBEAT_INTERVAL_MS",
-        "heartbeat_interval_ms",
         "",
         _optional(_MS),
         "Consumer heartbeat.interval.ms, at most a third of the session timeout; empty: "
         "a third of it, up to 3000.",
-    ),
-    Setting(
+    )
+    fetch_wait_max_ms: int = setting(
         "KAFKA_FETCH_WAIT_MAX_MS",
-        "fetch_wait_max_ms",
         "500",
         _integer(0, 300_000),
         "Consumer fetch.wait.max.ms; end-to-end latency at light load follows it.",
-    ),
-    Setting(
+    )
+    consumer_batch_size: int = setting(
         "CONSUMER_BATCH_SIZE",
-        "consumer_batch_size",
         "500",
         _integer(1, 100_000),
         "Most messages taken from Kafka in one consume() call.",
-    ),
+    )
     # Producer.
-    Setting(
+    delivery_timeout_ms: int = setting(
         "KAFKA_DELIVERY_TIMEOUT_MS",
-        "delivery_timeout_ms",
         "30000",
         _MS,
         "Producer message.timeout.ms: how long librdkafka keeps trying one message.",
-    ),
-    Setting(
+    )
+    producer_queue_messages: int = setting(
         "KAFKA_PRODUCER_QUEUE_MESSAGES",
-        "producer_queue_messages",
         "10000",
         _integer(1, 10_000_000),
         "Messages librdkafka may hold unsent before produce() reports a full queue.",
-    ),
-    Setting(
-        "PUBLISH_QUEUE_SIZE",
-        "publish_queue_size",
-        "1000",
-        _integer(1, 1_000_000),
-        "Publish requests waiting for the publisher; beyond it POST answers 503.",
-    ),
-    Setting(
-        "PUBLISH_TIMEOUT_MS",
-        "publish_timeout_ms",
-        "5000",
-        _MS,
-        "How long POST /events/generate waits for the broker's confirmation before 503.",
-    ),
-    Setting(
-        "PUBLISH_RETRY_BACKOFF_MS",
-        "publish_retry_backoff_ms",
-        "100",
-        _MS,
-        "First delay before re-publishing after a retriable failure; doubles each try.",
-    ),
-    Setting(
-        "PUBLISH_RETRY_BACKOFF_MAX_MS",
-        "publish_retry_backoff_max_ms",
-        "2000",
-        _MS,
-        "Upper bound of the publish retry delay.",
-    ),
-    Setting(
-        "PRODUCER_REPLACE_AFTER_MS",
-        "producer_replace_after_ms",
-        "30000",
-        _MS,
-        "Replace a Kafka producer whose every delivery failed for this long (fenced: at once).",
-    ),
-    # Kafka security.
-    Setting(
+    )
+    # Security.
+    security_protocol: str = setting(
         "KAFKA_SECURITY_PROTOCOL",
-        "security_protocol",
         "PLAINTEXT",
         _choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
         "security.protocol: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.",
-    ),
-    Setting(
+    )
+    sasl_mechanism: str | None = setting(
         "KAFKA_SASL_MECHANISM",
-        "sasl_mechanism",
         "",
         _optional_text,
         "sasl.mechanism, e.g. PLAIN or SCRAM-SHA-512; empty when SASL is not used.",
-    ),
-    Setting(
-        "KAFKA_SASL_USERNAME", "sasl_username", "", _optional_text, "SASL user name; never logged."
-    ),
-    Setting(
-        "KAFKA_SASL_PASSWORD", "sasl_password", "", _optional_text, "SASL password; never logged."
-    ),
-    Setting(
+    )
+    sasl_username: str | None = setting(
+        "KAFKA_SASL_USERNAME", "", _optional_text, "SASL user name; never logged."
+    )
+    sasl_password: str | None = setting(
+        "KAFKA_SASL_PASSWORD", "", _optional_text, "SASL password; never logged.", secret=True
+    )
+    ssl_ca_location: str | None = setting(
         "KAFKA_SSL_CA_LOCATION",
-        "ssl_ca_location",
         "",
         _optional_text,
         "Path of the CA certificate file that signs the brokers' certificates.",
-    ),
-    # HTTP.
-    Setting("HTTP_HOST", "http_host", "0.0.0.0", _text, "Address the HTTP server binds to."),
-    Setting(
+    )
+
+    def topics(self) -> list[str]:
+        """The topics the service writes and reads: its own, then the dead-letter one if set."""
+        return [self.topic, *filter(None, [self.dlq_topic])]
+
+
+@attrs.frozen(kw_only=True)
+class PublishSettings:
+    """How publish requests wait, retry and give up, and when a producer is replaced."""
+
+    queue_size: int = setting(
+        "PUBLISH_QUEUE_SIZE",
+        "1000",
+        _integer(1, 1_000_000),
+        "Publish requests waiting for the publisher; beyond it POST answers 503.",
+    )
+    timeout_ms: int = setting(
+        "PUBLISH_TIMEOUT_MS",
+        "5000",
+        _MS,
+        "How long POST /events/generate waits for the broker's confirmation before 503.",
+    )
+    retry_backoff_ms: int = setting(
+        "PUBLISH_RETRY_BACKOFF_MS",
+        "100",
+        _MS,
+        "First delay before re-publishing after a retriable failure; doubles each try.",
+    )
+    retry_backoff_max_ms: int = setting(
+        "PUBLISH_RETRY_BACKOFF_MAX_MS",
+        "2000",
+        _MS,
+        "Upper bound of the publish retry delay.",
+    )
+    replace_producer_after_ms: int = setting(
+        "PRODUCER_REPLACE_AFTER_MS",
+        "30000",
+        _MS,
+        "Replace a Kafka producer whose every delivery failed for this long (fenced: at once).",
+    )
+
+    @property
+    def timeout(self) -> float:
+        """:attr:`timeout_ms` in seconds."""
+        return self.timeout_ms / 1000
+
+    @property
+    def replace_producer_after(self) -> float:
+        """:attr:`replace_producer_after_ms` in seconds."""
+        return self.replace_producer_after_ms / 1000
+
+    def retry_backoff(self) -> Backoff:
+        """Delays between retries of a publish, a dead-letter write or the topic check."""
+        return Backoff(
+            initial=self.retry_backoff_ms / 1000, maximum=self.retry_backoff_max_ms / 1000
+        )
+
+
+@attrs.frozen(kw_only=True)
+class HttpSettings:
+    """Where the HTTP server listens and how it treats connections and requests."""
+
+    host: str = setting("HTTP_HOST", "0.0.0.0", _text, "Address the HTTP server binds to.")
+    port: int = setting(
         "HTTP_PORT",
-        "http_port",
         "3000",
         _integer(0, 65535),
         "Port the HTTP server listens on; 0 picks a free one.",
-    ),
-    Setting(
+    )
+    keep_alive_seconds: int = setting(
         "HTTP_KEEP_ALIVE_SECONDS",
-        "http_keep_alive_seconds",
         "5",
         _integer(1, 3600),
         "Seconds an idle keep-alive connection stays open before the server closes it.",
-    ),
-    Setting(
+    )
+    max_connections: int = setting(
         "HTTP_MAX_CONNECTIONS",
-        "http_max_connections",
         "768",
         _integer(1, 1_000_000),
         "Most open HTTP connections; more get 503. Keep it 128 or more below ulimit -n.",
-    ),
-    Setting(
+    )
+    body_read_seconds: int = setting(
         "HTTP_BODY_READ_SECONDS",
-        "http_body_read_seconds",
         "30",
         _integer(1, 3600),
         "Seconds a request body may take to arrive before the request gets 408.",
-    ),
-    Setting(
-        "MAX_BODY_BYTES",
-        "max_body_bytes",
-        "65536",
-        _integer(1, 100 * 1024 * 1024),
-        "Largest accepted request body; larger ones get 413.",
-    ),
-    Setting(
-        "MAX_USER_ID_LENGTH",
-        "max_user_id_length",
-        "256",
-        _integer(1, 65536),
-        "Longest accepted userId, in characters.",
-    ),
-    Setting(
-        "MAX_PAYLOAD_DEPTH",
-        "max_payload_depth",
-        "16",
-        _integer(1, 1000),
-        "Deepest nesting of objects and arrays accepted inside payload.",
-    ),
-    Setting(
-        "MAX_PAYLOAD_BYTES",
-        "max_payload_bytes",
-        "32768",
-        _integer(2, 100 * 1024 * 1024),
-        "Largest accepted payload, measured as compact JSON.",
-    ),
-    Setting(
-        "EVENT_TYPES",
-        "event_types",
-        ",".join(sorted(EVENT_TYPES)),
-        _event_types,
-        "Comma-separated eventType values the service accepts (a subset of the known ones).",
-    ),
-    Setting(
+    )
+    max_listings: int = setting(
         "HTTP_MAX_LISTINGS",
-        "http_max_listings",
         "4",
         _integer(1, 1000),
         "Full GET /events/processed listings sent at once; beyond it the request gets 503.",
-    ),
-    # Store.
-    Setting(
+    )
+
+
+@attrs.frozen(kw_only=True)
+class LimitSettings:
+    """Bounds on what a request and an event may hold, whichever door they come through."""
+
+    max_body_bytes: int = setting(
+        "MAX_BODY_BYTES",
+        "65536",
+        _integer(1, 100 * 1024 * 1024),
+        "Largest accepted request body; larger ones get 413.",
+    )
+    max_user_id_length: int = setting(
+        "MAX_USER_ID_LENGTH",
+        "256",
+        _integer(1, 65536),
+        "Longest accepted userId, in characters.",
+    )
+    max_payload_depth: int = setting(
+        "MAX_PAYLOAD_DEPTH",
+        "16",
+        _integer(1, 1000),
+        "Deepest nesting of objects and arrays accepted inside payload.",
+    )
+    max_payload_bytes: int = setting(
+        "MAX_PAYLOAD_BYTES",
+        "32768",
+        _integer(2, 100 * 1024 * 1024),
+        "Largest accepted payload, measured as compact JSON.",
+    )
+    event_types: frozenset[str] = setting(
+        "EVENT_TYPES",
+        ",".join(sorted(EVENT_TYPES)),
+        _event_types,
+        "Comma-separated eventType values the service accepts (a subset of the known ones).",
+    )
+
+    def limits(self) -> Limits:
+        """The domain's :class:`Limits`, which declare no values of their own."""
+        return Limits(
+            event_types=self.event_types,
+            max_user_id_length=self.max_user_id_length,
+            max_payload_depth=self.max_payload_depth,
+            max_payload_bytes=self.max_payload_bytes,
+        )
+
+
+@attrs.frozen(kw_only=True)
+class StoreSettings:
+    """The bounds of the in-memory store of processed events."""
+
+    max_events: int = setting(
         "STORE_MAX_EVENTS",
-        "store_max_events",
         "100000",
         _integer(1, 100_000_000),
         "Most processed events kept in memory; beyond it the oldest are forgotten.",
-    ),
-    Setting(
+    )
+    max_bytes: int = setting(
         "STORE_MAX_BYTES",
-        "store_max_bytes",
         str(64 * 1024 * 1024),
         _integer(1024 * 1024, 1024**4),
         "Most bytes the stored events may take (JSON plus 180 B each); then the oldest go.",
-    ),
-    # Lifecycle.
-    Setting(
+    )
+
+
+@attrs.frozen(kw_only=True)
+class SupervisionSettings:
+    """How failed actors are restarted, when the service gives up, and how long shutdown takes."""
+
+    shutdown_timeout_ms: int = setting(
         "SHUTDOWN_TIMEOUT_MS",
-        "shutdown_timeout_ms",
         "10000",
         _MS,
         "Deadline for the whole graceful shutdown after SIGTERM or SIGINT.",
-    ),
-    Setting(
+    )
+    restart_backoff_ms: int = setting(
         "RESTART_BACKOFF_MS",
-        "restart_backoff_ms",
         "500",
         _MS,
         "First delay before the supervisor restarts a failed actor; doubles each time.",
-    ),
-    Setting(
+    )
+    restart_backoff_max_ms: int = setting(
+        "RESTART_BACKOFF_MAX_MS",
+        "16000",
+        _MS,
+        "Upper bound of the restart delay.",
+    )
+    restart_max_failures: int = setting(
         "RESTART_MAX_FAILURES",
-        "restart_max_failures",
         "5",
         _integer(1, 1000),
         "Failures of one actor within RESTART_WINDOW_MS that end the service.",
-    ),
-    Setting(
+    )
+    restart_window_ms: int = setting(
         "RESTART_WINDOW_MS",
-        "restart_window_ms",
         "60000",
         _MS,
         "Window in which actor failures are counted.",
-    ),
-    Setting(
+    )
+
+    @property
+    def shutdown_timeout(self) -> float:
+        """:attr:`shutdown_timeout_ms` in seconds."""
+        return self.shutdown_timeout_ms / 1000
+
+    def restart_policy(self) -> RestartPolicy:
+        """When and how often the supervisor restarts a failed actor."""
+        return RestartPolicy(
+            backoff=Backoff(
+                initial=self.restart_backoff_ms / 1000, maximum=self.restart_backoff_max_ms / 1000
+            ),
+            max_failures=self.restart_max_failures,
+            window=self.restart_window_ms / 1000,
+        )
+
+
+@attrs.frozen(kw_only=True)
+class LogSettings:
+    """What the service logs."""
+
+    level: str = setting(
         "LOG_LEVEL",
-        "log_level",
         "INFO",
         _log_level,
         "Logging level: DEBUG, INFO, WARNING or ERROR.",
-    ),
-    Setting(
+    )
+
+
+@attrs.frozen(kw_only=True)
+class LocalBrokerSettings:
+    """The broker that ``--local-broker`` starts on a developer's machine."""
+
+    port: int = setting(
         "LOCAL_BROKER_PORT",
-        "local_broker_port",
         "0",
         _integer(0, 65535),
         "Port of the broker started by --local-broker; 0 picks a free one.",
-    ),
-)
-
-#: Variables whose values must never appear in logs or error messages.
-SECRET_VARIABLES = frozenset({"KAFKA_SASL_PASSWORD"})
+    )
 
 
 @attrs.frozen(kw_only=True)
 class Settings:
-    """The parsed configuration. Build it with :func:`load_settings`; durations are in ms."""
+    """The parsed configuration, one group per thing it configures; durations are in ms.
 
-    bootstrap_servers: str
-    topic: str
-    consumer_group: str
-    client_id: str
-    topic_partitions: int
-    topic_replication_factor: int
-    dlq_topic: str | None
-    session_timeout_ms: int
-    heartbeat_interval_ms: int
-    fetch_wait_max_ms: int
-    consumer_batch_size: int
-    delivery_timeout_ms: int
-    producer_queue_messages: int
-    publish_queue_size: int
-    publish_timeout_ms: int
-    publish_retry_backoff_ms: int
-    publish_retry_backoff_max_ms: int
-    producer_replace_after_ms: int
-    security_protocol: str
-    sasl_mechanism: str | None
-    sasl_username: str | None
-    sasl_password: str | None = attrs.field(repr=False)
-    ssl_ca_location: str | None
-    http_host: str
-    http_port: int
-    http_keep_alive_seconds: int
-    http_max_connections: int
-    http_body_read_seconds: int
-    max_body_bytes: int
-    max_user_id_length: int
-    max_payload_depth: int
-    max_payload_bytes: int
-    event_types: frozenset[str]
-    http_max_listings: int
-    store_max_events: int
-    store_max_bytes: int
-    shutdown_timeout_ms: int
-    restart_backoff_ms: int
-    restart_max_failures: int
-    restart_window_ms: int
-    log_level: str
-    local_broker_port: int
+    Build it with :func:`load_settings`.
+    """
+
+    kafka: KafkaSettings
+    publish: PublishSettings
+    http: HttpSettings
+    limits: LimitSettings
+    store: StoreSettings
+    supervision: SupervisionSettings
+    log: LogSettings
+    local_broker: LocalBrokerSettings
+
+    @property
+    def http_graceful_timeout(self) -> float:
+        """How long HTTP lets in-flight requests finish at shutdown: a publish's own timeout
+        and a second to answer, within the whole shutdown's deadline."""
+        return min(self.publish.timeout + 1, self.supervision.shutdown_timeout)
+
+
+@attrs.frozen
+class Setting:
+    """One environment variable: its name, where it lands in :class:`Settings`, its default,
+    parser and a one-line description."""
+
+    variable: str
+    group: str
+    field: str
+    default: str
+    parse: Parser
+    doc: str
+    secret: bool = False
+
+
+def declared_settings(settings_class: type[Any]) -> tuple[Setting, ...]:
+    """Every setting declared in the groups that ``settings_class`` composes, in order.
+
+    Raises:
+        TypeError: a field of ``settings_class`` is not a group, a group's field was not
+            declared with :func:`setting`, or one variable is declared twice.
+    """
+    declared: dict[str, Setting] = {}
+    for group, group_class in _groups(settings_class).items():
+        for field in attrs.fields(group_class):
+            found = _setting_of(group, field)
+            if found is None:
+                raise TypeError(
+                    f"{group_class.__name__}.{field.name} is not declared with setting()"
+                )
+            if found.variable in declared:
+                first = declared[found.variable]
+                raise TypeError(
+                    f"{found.variable} is declared twice: {first.group}.{first.field} and "
+                    f"{found.group}.{found.field}"
+                )
+            declared[found.variable] = found
+    return tuple(declared.values())
+
+
+def _groups(settings_class: type[Any]) -> dict[str, type[Any]]:
+    """The group classes that ``settings_class`` composes, by field name, in order."""
+    attrs.resolve_types(settings_class)
+    groups: dict[str, type[Any]] = {}
+    for group in attrs.fields(settings_class):
+        if not (isinstance(group.type, type) and attrs.has(group.type)):
+            raise TypeError(f"{settings_class.__name__}.{group.name} is not a group of settings")
+        groups[group.name] = group.type
+    return groups
+
+
+def _setting_of(group: str, field: attrs.Attribute[Any]) -> Setting | None:
+    declaration = field.metadata.get(_DECLARATION)
+    if not isinstance(declaration, _Declaration):
+        return None
+    return Setting(
+        variable=declaration.variable,
+        group=group,
+        field=field.name,
+        default=declaration.default,
+        parse=declaration.parse,
+        doc=declaration.doc,
+        secret=declaration.secret,
+    )
+
+
+#: Every setting, in declaration order: what ``--help`` and ``.env.example`` list.
+SETTINGS: tuple[Setting, ...] = declared_settings(Settings)
+
+#: Variables whose values must never appear in logs or error messages.
+SECRET_VARIABLES = frozenset(declared.variable for declared in SETTINGS if declared.secret)
+
+_GROUPS = _groups(Settings)
 
 
 def load_settings(environ: Mapping[str, str]) -> Settings:
@@ -465,17 +613,18 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         SettingsError: for the first variable that does not parse or the first pair of
             variables that contradict each other. Secret values are never quoted.
     """
-    values: dict[str, Any] = {}
-    for setting in SETTINGS:
-        raw = environ.get(setting.variable, setting.default)
+    values: dict[str, dict[str, Any]] = {group: {} for group in _GROUPS}
+    for declared in SETTINGS:
+        raw = environ.get(declared.variable, declared.default)
         try:
-            values[setting.field] = setting.parse(raw)
+            values[declared.group][declared.field] = declared.parse(raw)
         except ValueError as error:
-            problem = "is not valid" if setting.variable in SECRET_VARIABLES else str(error)
-            raise SettingsError(setting.variable, problem) from None
-    if values["heartbeat_interval_ms"] is None:
-        values["heartbeat_interval_ms"] = default_heartbeat_ms(values["session_timeout_ms"])
-    settings = Settings(**values)
+            problem = "is not valid" if declared.secret else str(error)
+            raise SettingsError(declared.variable, problem) from None
+    kafka = values["kafka"]
+    if kafka["heartbeat_interval_ms"] is None:
+        kafka["heartbeat_interval_ms"] = default_heartbeat_ms(kafka["session_timeout_ms"])
+    settings = Settings(**{name: _GROUPS[name](**fields) for name, fields in values.items()})
     _check_consistency(settings)
     return settings
 
@@ -491,19 +640,20 @@ def default_heartbeat_ms(session_timeout_ms: int) -> int:
 
 
 def _check_consistency(settings: Settings) -> None:
-    if settings.heartbeat_interval_ms * 3 > settings.session_timeout_ms:
+    kafka, publish, supervision = settings.kafka, settings.publish, settings.supervision
+    if kafka.heartbeat_interval_ms * 3 > kafka.session_timeout_ms:
         raise SettingsError(
             "KAFKA_HEARTBEAT_INTERVAL_MS",
-            f"must be at most a third of KAFKA_SESSION_TIMEOUT_MS ({settings.session_timeout_ms})",
+            f"must be at most a third of KAFKA_SESSION_TIMEOUT_MS ({kafka.session_timeout_ms})",
         )
-    if settings.publish_retry_backoff_ms > settings.publish_retry_backoff_max_ms:
+    if publish.retry_backoff_ms > publish.retry_backoff_max_ms:
         raise SettingsError(
             "PUBLISH_RETRY_BACKOFF_MS", "must not exceed PUBLISH_RETRY_BACKOFF_MAX_MS"
         )
-    if settings.dlq_topic is not None and settings.dlq_topic == settings.topic:
+    if supervision.restart_backoff_ms > supervision.restart_backoff_max_ms:
+        raise SettingsError("RESTART_BACKOFF_MS", "must not exceed RESTART_BACKOFF_MAX_MS")
+    if kafka.dlq_topic is not None and kafka.dlq_topic == kafka.topic:
         raise SettingsError("KAFKA_DLQ_TOPIC", "must differ from KAFKA_TOPIC")
-    uses_sasl = settings.security_protocol.startswith("SASL_")
-    if uses_sasl and settings.sasl_mechanism is None:
-        raise SettingsError(
-            "KAFKA_SASL_MECHANISM", f"is required with {settings.security_protocol}"
-        )
+    uses_sasl = kafka.security_protocol.startswith("SASL_")
+    if uses_sasl and kafka.sasl_mechanism is None:
+        raise SettingsError("KAFKA_SASL_MECHANISM", f"is required with {kafka.security_protocol}")

@@ -24,7 +24,7 @@ import attrs
 
 from actors.__main__ import main
 from actors.kafka.ports import ConsumerPort, KafkaPorts, Record
-from actors.runtime.settings import Settings
+from actors.runtime.settings import KafkaSettings
 
 MARKER = b"crash-me"
 
@@ -61,7 +61,7 @@ class _CrashingConsumer:
         return records
 
 
-def crashing_ports(settings: Settings) -> KafkaPorts:
+def crashing_ports(settings: KafkaSettings) -> KafkaPorts:
     from actors.kafka.adapters import kafka_ports
 
     real = kafka_ports(settings)

@@ -1,7 +1,8 @@
 """SETTINGS, .env.example and the app's environment in docker-compose.yml name the same variables.
 
-actors.runtime.settings.SETTINGS is the single source of truth: a variable added to one of the
-three and not the others fails here, and so does a default or description that drifted.
+The declarations in actors.runtime.settings (listed, in order, by SETTINGS) are the single source
+of truth: a variable added to one of the three and not the others fails here, and so does a
+default, description or order that drifted.
 """
 
 from __future__ import annotations
@@ -59,6 +60,12 @@ def test_env_example_describes_each_variable_with_its_doc() -> None:
         if entry.name in docs and entry.comment != docs[entry.name]
     }
     assert wrong == {}, "each variable needs '# <Setting.doc>' on the line above it"
+
+
+def test_env_example_lists_the_variables_in_declaration_order() -> None:
+    """.env.example reads in the order the settings are declared, as --help lists them."""
+    names = [entry.name for entry in read_env_example()]
+    assert names == [setting.variable for setting in SETTINGS]
 
 
 def test_env_example_groups_variables_under_headers() -> None:

@@ -12,10 +12,11 @@ import trio
 import trio.testing
 from fakes import FakeConsumer, FakeProducer, opener
 from metric_samples import Scrape
+from settings_support import default_limits
 from store_support import store_actor
 
 from actors.consumer import run_consumer
-from actors.domain.events import Limits, new_event, utc_timestamp
+from actors.domain.events import new_event, utc_timestamp
 from actors.domain.messages import PublishOutcome, PublishRequest, StoreCommand
 from actors.domain.trace import TraceContext
 from actors.kafka.ports import ClientStatistics, Record
@@ -62,7 +63,7 @@ async def consume_all(
         open_dead_letter_producer=None if dead_letters is None else opener([dead_letters], "d"),
         dlq_topic=None if dead_letters is None else DLQ_TOPIC,
         store=store_send,
-        limits=Limits(),
+        limits=default_limits(),
         batch_size=2,
         backoff=BACKOFF,
         replace_producer_after=5.0,
@@ -163,7 +164,7 @@ async def test_consumer_exports_assignment_and_lag_from_its_statistics(
                 open_dead_letter_producer=None,
                 dlq_topic=None,
                 store=store_send,
-                limits=Limits(),
+                limits=default_limits(),
                 batch_size=2,
                 backoff=BACKOFF,
                 replace_producer_after=5.0,

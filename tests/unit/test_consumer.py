@@ -17,10 +17,11 @@ import pytest
 import trio
 import trio.testing
 from fakes import FENCED, FakeConsumer, FakeProducer, RecordingHealth, opener
+from settings_support import default_limits
 from store_support import list_all, store_actor
 
 from actors.consumer import run_consumer
-from actors.domain.events import Limits, new_event
+from actors.domain.events import new_event
 from actors.domain.messages import Put, PutOutcome, StoreCommand
 from actors.kafka.ports import KafkaFailure, KafkaFatalError, ProduceRejected, Record
 from actors.runtime.backoff import Backoff, no_jitter
@@ -80,7 +81,7 @@ def consumer_actor(
         open_dead_letter_producer=None if dead_letters is None else opener(dead_letters, "DLQ"),
         dlq_topic=None if dead_letters is None else DLQ_TOPIC,
         store=store,
-        limits=Limits(),
+        limits=default_limits(),
         batch_size=BATCH_SIZE,
         backoff=BACKOFF,
         replace_producer_after=REPLACE_AFTER,
@@ -378,7 +379,7 @@ async def test_consumer_is_closed_when_the_dead_letter_producer_cannot_be_opened
             open_dead_letter_producer=broken_producer,
             dlq_topic=DLQ_TOPIC,
             store=store_send,
-            limits=Limits(),
+            limits=default_limits(),
             batch_size=BATCH_SIZE,
             backoff=BACKOFF,
             replace_producer_after=REPLACE_AFTER,

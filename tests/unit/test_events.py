@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 import pytest
+from settings_support import default_limits
 
 from actors.domain.events import (
     EVENT_TYPES,
@@ -22,7 +23,7 @@ from actors.domain.events import (
     utc_timestamp,
 )
 
-LIMITS = Limits()
+LIMITS = default_limits()
 TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
 
 
@@ -161,7 +162,7 @@ def test_user_id_at_the_limit_is_accepted() -> None:
 
 def test_too_long_user_id_is_rejected() -> None:
     """A userId one character above max_user_id_length is rejected."""
-    limits = Limits(max_user_id_length=8)
+    limits = default_limits(max_user_id_length=8)
     assert problems_of(body(userId="u" * 9, eventType="LOGIN"), limits) == [
         Problem("userId", "must be at most 8 characters")
     ]
@@ -185,7 +186,7 @@ def test_unknown_event_type_is_rejected(event_type: Any) -> None:
 
 def test_event_types_narrowed_by_limits() -> None:
     """A known eventType left out of Limits.event_types is rejected."""
-    limits = Limits(event_types=frozenset({"LOGIN"}))
+    limits = default_limits(event_types=frozenset({"LOGIN"}))
     assert event_from_request(body(userId="u", eventType="LOGIN"), limits).event_type == "LOGIN"
     assert problems_of(body(userId="u", eventType="LOGOUT"), limits) == [
         Problem("eventType", "must be one of LOGIN")
@@ -212,7 +213,7 @@ def test_payload_at_depth_limit_is_accepted() -> None:
 
 def test_payload_too_deep_is_rejected() -> None:
     """A payload one level deeper than max_payload_depth is rejected; arrays count as levels."""
-    limits = Limits(max_payload_depth=3)
+    limits = default_limits(max_payload_depth=3)
     at_limit = {"a": [[1]]}
     assert event_from_request(body(userId="u", eventType="LOGIN", payload=at_limit), limits)
     assert problems_of(body(userId="u", eventType="LOGIN", payload={"a": [[[1]]]}), limits) == [
@@ -222,7 +223,7 @@ def test_payload_too_deep_is_rejected() -> None:
 
 def test_payload_too_large_is_rejected() -> None:
     """A payload above max_payload_bytes as compact JSON is rejected; at the limit it passes."""
-    limits = Limits(max_payload_bytes=20)
+    limits = default_limits(max_payload_bytes=20)
     at_limit = {"k": "x" * 12}  # {"k":"xxxxxxxxxxxx"} is 20 bytes
     assert len(json.dumps(at_limit, separators=(",", ":"))) == 20
     assert event_from_request(body(userId="u", eventType="LOGIN", payload=at_limit), limits)
@@ -234,7 +235,7 @@ def test_payload_too_large_is_rejected() -> None:
 
 def test_payload_size_counts_utf8_bytes() -> None:
     """The payload limit counts UTF-8 bytes, not characters."""
-    limits = Limits(max_payload_bytes=20)
+    limits = default_limits(max_payload_bytes=20)
     payload = {"k": "é" * 6}  # 14 characters of compact JSON, 20 bytes
     assert event_from_request(body(userId="u", eventType="LOGIN", payload=payload), limits)
     payload = {"k": "é" * 7}  # 15 characters, 22 bytes
@@ -456,7 +457,7 @@ def test_decode_unknown_event_type() -> None:
     """An eventType outside the limits is malformed."""
     with pytest.raises(MalformedEvent, match=r"^eventType: must be one of"):
         decode_event(encoded(stored(eventType="SIGNUP")), LIMITS)
-    narrow = Limits(event_types=frozenset({"LOGOUT"}))
+    narrow = default_limits(event_types=frozenset({"LOGOUT"}))
     with pytest.raises(MalformedEvent, match=r"^eventType: must be one of LOGOUT$"):
         decode_event(encoded(stored(eventType="LOGIN")), narrow)
 
@@ -598,7 +599,7 @@ def test_the_one_encoding_equals_a_fresh_canonical_dump(payload: dict[str, Any])
 
 def test_payload_at_the_byte_limit_is_measured_on_its_encoding() -> None:
     """The limit counts the payload's compact UTF-8 bytes: one byte more is a problem."""
-    limits = Limits(max_payload_bytes=12)
+    limits = default_limits(max_payload_bytes=12)
     fits = {"k": "éé"}  # {"k":"éé"} is 12 bytes
     assert len(json.dumps(fits, separators=(",", ":"), ensure_ascii=False).encode()) == 12
     assert event_from_request(body(userId="u", eventType="LOGIN", payload=fits), limits)

@@ -14,8 +14,9 @@ import quart.typing
 import trio
 import trio.testing
 from quart_trio import QuartTrio
+from settings_support import default_http_options, default_limits
 
-from actors.domain.events import Limits, decode_event, new_event
+from actors.domain.events import decode_event, new_event
 from actors.domain.messages import (
     EventsPage,
     Placed,
@@ -32,8 +33,8 @@ from actors.runtime.metrics import Metrics
 
 PUBLISH_TIMEOUT = 2.5
 MAX_BODY_BYTES = 1024
-OPTIONS = HttpOptions(
-    limits=Limits(max_payload_bytes=512),
+OPTIONS = default_http_options(
+    limits=default_limits(max_payload_bytes=512),
     publish_timeout=PUBLISH_TIMEOUT,
     max_body_bytes=MAX_BODY_BYTES,
 )
@@ -508,8 +509,8 @@ async def test_openapi_route_check_would_catch_an_undocumented_route() -> None:
 
 async def test_openapi_reflects_the_live_limits() -> None:
     """The documented bounds are the options the app enforces."""
-    options = HttpOptions(
-        limits=Limits(event_types=frozenset({"LOGIN"}), max_user_id_length=12),
+    options = default_http_options(
+        limits=default_limits(event_types=frozenset({"LOGIN"}), max_user_id_length=12),
         publish_timeout=1.0,
         max_body_bytes=999,
     )

@@ -8,9 +8,10 @@ from collections.abc import AsyncIterator
 import pytest
 import trio
 import trio.testing
+from settings_support import default_limits
 from store_support import UNBOUNDED, read_page, store_actor
 
-from actors.domain.events import Limits, UserEvent, decode_event, new_event
+from actors.domain.events import UserEvent, decode_event, new_event
 from actors.domain.messages import (
     Duplicate,
     EventsPage,
@@ -116,7 +117,7 @@ async def test_listing_order_is_order_of_first_storage() -> None:
         await put(inbox, events[0])
         await put(inbox, events[2])
         listed = await list_events(inbox)
-    assert [decode_event(raw, Limits()) for raw in listed] == events
+    assert [decode_event(raw, default_limits()) for raw in listed] == events
 
 
 async def test_list_returns_canonical_bytes() -> None:

@@ -26,12 +26,14 @@ from actors.kafka.ports import KafkaFatalError
 from actors.runtime.backoff import Backoff, no_jitter
 from actors.runtime.health import ActorState, Health
 from actors.runtime.settings import Settings, load_settings
+from actors.runtime.supervision import RestartPolicy
 from actors.supervisor import (
     ACTORS,
     KafkaPorts,
-    RestartPolicy,
     TooManyRestarts,
+    http_options,
     run_service,
+    server_options,
     supervise,
     supervise_actor,
 )
@@ -199,6 +201,29 @@ def service_settings(**overrides: str) -> Settings:
     return load_settings(
         {"HTTP_HOST": "127.0.0.1", "HTTP_PORT": "0", "KAFKA_TOPIC": TOPIC, **overrides}
     )
+
+
+def test_options_handed_to_http_come_from_the_settings() -> None:
+    """The HTTP routes and server get the limits, bounds and timeouts the settings give."""
+    settings = service_settings(
+        MAX_PAYLOAD_DEPTH="3",
+        MAX_BODY_BYTES="2048",
+        PUBLISH_TIMEOUT_MS="2500",
+        HTTP_MAX_LISTINGS="2",
+        HTTP_BODY_READ_SECONDS="7",
+        HTTP_KEEP_ALIVE_SECONDS="9",
+        HTTP_MAX_CONNECTIONS="64",
+        SHUTDOWN_TIMEOUT_MS="3000",
+    )
+    routes = http_options(settings)
+    assert routes.limits == settings.limits.limits()
+    assert routes.limits.max_payload_depth == 3
+    assert (routes.max_body_bytes, routes.publish_timeout) == (2048, 2.5)
+    assert (routes.max_listings, routes.body_read_timeout) == (2, 7)
+    server = server_options(settings)
+    assert (server.host, server.port) == ("127.0.0.1", 0)
+    assert (server.keep_alive_timeout, server.max_connections) == (9, 64)
+    assert server.graceful_timeout == 3.0  # 2.5 s + 1 s, capped by the 3 s shutdown
 
 
 async def wait_for_state(health: Health, actor: str, state: ActorState) -> None:
