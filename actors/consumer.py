@@ -287,7 +287,8 @@ async def run_consumer(
     """Consume until cancelled; then commit what the store confirmed and leave the group.
 
     ``store`` belongs to the supervisor; this actor only sends on it. The dead-letter producer
-    is replaced like the publisher's (``replace_producer_after``, ``backoff``).
+    is replaced like the publisher's (``replace_producer_after``, ``backoff``). Each record's
+    outcome, end-to-end latency, the assignment and the lag are recorded in ``metrics``.
 
     Cancellation: the normal way to stop this actor. The record being handled when the cancel
     arrives is not marked processed, so it is read again after a restart. The final commit and

@@ -224,7 +224,8 @@ async def run_publisher(
     nothing but failed deliveries is one reason); ``backoff`` paces retries and replacements.
 
     The supervisor owns ``inbox`` (so a restarted publisher carries on with the same one);
-    this actor never closes it.
+    this actor never closes it. Each acknowledgement and the producer's queue length are
+    recorded in ``metrics``; each request's trace context becomes its message's headers.
 
     Cancellation: whatever the producer still holds gets :data:`EXIT_FLUSH_SECONDS` to be
     flushed (shielded). Requests left unanswered time out at their caller.
