@@ -2,8 +2,9 @@
 
 The revision's tree is exported (``git archive``) to a temporary folder and run with this
 checkout's virtualenv, so both sides use the same libraries and differ only in the service's
-code. Rounds alternate between the two (A B A B ...), each on a fresh local broker and a fresh
-service process, so that the noise of a shared machine falls on both alike. Each round reports
+code. Rounds alternate between the two, which goes first alternating too (A B, B A, A B, ...),
+each on a fresh local broker and a fresh service process, so that the noise of a shared
+machine and any warm-up falls on both alike. Each round reports
 POSTs per second and the service process's CPU time per POST (user + system, all its threads,
 from /proc): on a busy machine throughput follows the neighbours' load, CPU time per request
 much less. Prints each round and the median of each side; asserts nothing.
@@ -107,14 +108,17 @@ def one_round(tree: Path, events: int, concurrency: int) -> tuple[float, float]:
 
 def _post_all(client: httpx.Client, events: int, concurrency: int) -> int:
     def post(index: int) -> int:
-        response = client.post(
-            "/events/generate",
-            json={
-                "userId": f"user-{index % 100}",
-                "eventType": "PRODUCT_VIEW",
-                "payload": {"productId": f"sku-{index}"},
-            },
-        )
+        try:
+            response = client.post(
+                "/events/generate",
+                json={
+                    "userId": f"user-{index % 100}",
+                    "eventType": "PRODUCT_VIEW",
+                    "payload": {"productId": f"sku-{index}"},
+                },
+            )
+        except httpx.TransportError:  # e.g. a keep-alive connection closed as it was reused
+            return 0
         return response.status_code
 
     with ThreadPoolExecutor(concurrency) as pool:
@@ -134,7 +138,8 @@ def main() -> None:
     with exported(args.baseline) as baseline:
         sides = {"baseline": baseline, "this checkout": ROOT}
         for number in range(1, args.rounds + 1):
-            for side, tree in sides.items():
+            order = list(sides.items()) if number % 2 else list(sides.items())[::-1]
+            for side, tree in order:
                 rate, cpu_ms = one_round(tree, args.events, args.concurrency)
                 rates[side].append(rate)
                 cpu[side].append(cpu_ms)
