@@ -2,43 +2,46 @@
 
 Delivery is at-least-once: a record's offset is stored (and later committed) only after the
 store confirmed the event, or after a malformed record was dead-lettered or logged. Records are
-handled in order, one batch at a time, so every stored offset is the next contiguous one. A crash
-between "stored" and "committed" replays a few records after a restart; the store's idempotency
-by eventId absorbs them, which makes the result effectively once.
+handled in order, so every stored offset is the next contiguous one. A crash between "stored"
+and "committed" replays a few records after a restart; the store's idempotency by eventId
+absorbs them, which makes the result effectively once.
 
-The actor does not poll while it is waiting on the store: the store answers in microseconds and
-a batch is bounded (``CONSUMER_BATCH_SIZE``), so the member stays well inside
-``max.poll.interval.ms`` without the pause/resume dance that a slow sink would need.
+Two tasks share one backlog of records fetched but not handled yet. The poll loop calls
+``consume()`` at least every :data:`POLL_GAP_SECONDS`, whatever the downstream does, which keeps
+the member in its group (``max.poll.interval.ms``) and serves rebalance callbacks. The handler
+takes the backlog's oldest record, hands it to the store (or the dead-letter writer), and only
+then stores its offset. When the handler has not emptied the backlog within
+:data:`DOWNSTREAM_GRACE_SECONDS` of the last fetch (a store that does not take its ``Put``, a
+dead-letter topic that cannot be written), the poll loop pauses the assignment and keeps
+polling; once the backlog is empty it resumes, and librdkafka fetches on from the record after
+the last one it returned, so nothing is lost, skipped or reordered. The backlog holds at most
+one batch (``CONSUMER_BATCH_SIZE``) fetched before the pause, plus at most one more librdkafka
+had already fetched. Records of a partition revoked meanwhile are dropped from the backlog:
+their next owner reads them again from the committed offset.
 """
 
 from __future__ import annotations
 
+import collections
 import datetime
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import trio
+from trio_util import AsyncValue
 
 from actors.domain.events import Limits, MalformedEvent, UserEvent, decode_event
 from actors.domain.messages import Put, PutOutcome, StoreCommand, Stored
 from actors.domain.trace import TraceContext
-from actors.kafka.ports import (
-    ClientStatistics,
-    ConsumerPort,
-    DeliveryReport,
-    KafkaFailure,
-    ProduceRejected,
-    ProducerPort,
-    Record,
-)
-from actors.kafka.replacement import ReplacingProducer
+from actors.kafka.dead_letters import DeadLetterWriter
+from actors.kafka.ports import ClientStatistics, ConsumerPort, Partition, ProducerPort, Record
 from actors.runtime.backoff import Backoff
 from actors.runtime.health import ActorState, Health
 from actors.runtime.logs import log_fields
 from actors.runtime.metrics import Metrics
 
-__all__ = ["CONSUME_TIMEOUT", "run_consumer"]
+__all__ = ["CONSUME_TIMEOUT", "DOWNSTREAM_GRACE_SECONDS", "POLL_GAP_SECONDS", "run_consumer"]
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +50,76 @@ ACTOR = "consumer"
 #: Longest one consume() call waits for records; bounds how fast a stop is noticed.
 CONSUME_TIMEOUT = 0.5
 
+#: How long the poll loop waits for the handler to take a fetched batch before it pauses the
+#: assignment: a store answers in microseconds, so only a stuck downstream gets this far.
+DOWNSTREAM_GRACE_SECONDS = 0.5
+
+#: Longest gap between two consume() calls, whatever the store or the dead-letter topic do;
+#: far below any sane ``max.poll.interval.ms``.
+POLL_GAP_SECONDS = CONSUME_TIMEOUT + DOWNSTREAM_GRACE_SECONDS
+
 #: Bound on the final commit and group leave, which must not hold up shutdown forever.
 CLOSE_SECONDS = 5.0
+
+
+class _Backlog:
+    """Records ``consume()`` returned and the handler has not finished, oldest first.
+
+    A record stays in the backlog while the handler works on it; it is *unfinished* until
+    :meth:`done`, even if a revoke dropped it meanwhile, so the poll loop does not resume for
+    new records while the handler is still held up by an old one.
+    """
+
+    def __init__(self) -> None:
+        self._records: collections.deque[Record] = collections.deque()
+        self._handling: Record | None = None
+        self._size = 0
+        self._unfinished: AsyncValue[int] = AsyncValue(0)
+
+    def __bool__(self) -> bool:
+        return self._size > 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def extend(self, records: Iterable[Record]) -> None:
+        self._records.extend(records)
+        self._count()
+
+    def drop(self, partitions: frozenset[Partition]) -> int:
+        """Forget the records of ``partitions``; how many there were."""
+        if not partitions:
+            return 0
+        kept = [r for r in self._records if (r.topic, r.partition) not in partitions]
+        dropped = len(self._records) - len(kept)
+        self._records = collections.deque(kept)
+        self._count()
+        return dropped
+
+    async def take(self) -> Record:
+        """The oldest record, once there is one; unfinished until :meth:`done`."""
+        await self._unfinished.wait_value(lambda _: bool(self._records))
+        self._handling = self._records[0]
+        return self._handling
+
+    def done(self, record: Record) -> bool:
+        """Finish ``record``; ``False`` if it was dropped meanwhile (its partition revoked)."""
+        self._handling = None
+        owned = bool(self._records) and self._records[0] is record
+        if owned:
+            self._records.popleft()
+        self._count()
+        return owned
+
+    async def wait_finished(self) -> None:
+        await self._unfinished.wait_value(0)
+
+    def _count(self) -> None:
+        dropped_in_hand = self._handling is not None and (
+            not self._records or self._records[0] is not self._handling
+        )
+        self._size = len(self._records) + dropped_in_hand
+        self._unfinished.value = self._size
 
 
 class _Consumer:
@@ -57,7 +128,7 @@ class _Consumer:
         *,
         consumer: ConsumerPort,
         store: trio.MemorySendChannel[StoreCommand],
-        dead_letters: _DeadLetters | None,
+        dead_letters: DeadLetterWriter | None,
         limits: Limits,
         health: Health,
         metrics: Metrics,
@@ -69,14 +140,53 @@ class _Consumer:
         self._health = health
         self._metrics = metrics
         self._recorded: ClientStatistics | None = None
+        self._backlog = _Backlog()
 
-    async def consume_batch(self, batch_size: int) -> None:
-        records = await self._consumer.consume(batch_size, CONSUME_TIMEOUT)
-        self._report_health()
-        self._record_statistics()
-        for record in records:
+    async def poll(self, batch_size: int) -> None:
+        """Call ``consume()`` every :data:`POLL_GAP_SECONDS` at most, pausing the assignment
+        while the handler is behind. Never returns; raises what ``consume()`` raises."""
+        while True:
+            if self._backlog:
+                with trio.move_on_after(DOWNSTREAM_GRACE_SECONDS):
+                    await self._backlog.wait_finished()
+            self._steer()
+            records = await self._consumer.consume(batch_size, CONSUME_TIMEOUT)
+            dropped = self._backlog.drop(self._consumer.take_revoked())
+            if dropped:
+                log_fields(
+                    log, logging.INFO, "records of revoked partitions dropped", records=dropped
+                )
+            self._backlog.extend(records)
+            self._report_health()
+            self._record_statistics()
+
+    def _steer(self) -> None:
+        if self._backlog and not self._consumer.paused:
+            self._consumer.pause()
+            log_fields(
+                log,
+                logging.INFO,
+                "consumption paused",
+                waitingFor=self._waiting_for(),
+                backlog=len(self._backlog),
+            )
+        elif not self._backlog and self._consumer.paused:
+            self._consumer.resume()
+            log_fields(log, logging.INFO, "consumption resumed")
+
+    def _waiting_for(self) -> str:
+        if self._dead_letters is not None and self._dead_letters.retrying is not None:
+            return "dead-letter topic"
+        return "store"
+
+    async def handle(self) -> None:
+        """Handle the backlog's records in order, storing each offset once handled. Never
+        returns."""
+        while True:
+            record = await self._backlog.take()
             await self._handle(record)
-            self._consumer.store_offset(record)
+            if self._backlog.done(record):
+                self._consumer.store_offset(record)
 
     async def _handle(self, record: Record) -> None:
         try:
@@ -122,9 +232,11 @@ class _Consumer:
             reason=reason,
             deadLettered=self._dead_letters is not None,
         )
-        if self._dead_letters is not None and await self._dead_letters.send(record, reason):
+        if self._dead_letters is not None and await self._dead_letters.write(record, reason):
             self._health.count("dead_lettered")
             self._metrics.event_consumed("dead_lettered")
+            # The next fetch reports the state again; say at once that the topic is writable.
+            self._report_health()
         else:
             self._metrics.event_consumed("malformed")
 
@@ -135,139 +247,15 @@ class _Consumer:
             self._recorded = statistics
 
     def _report_health(self) -> None:
+        unwritable = None if self._dead_letters is None else self._dead_letters.unwritable_because
         if self._consumer.connected is False:
             self._health.report(ACTOR, ActorState.DEGRADED, "broker unreachable")
+        elif unwritable is not None:
+            self._health.report(ACTOR, ActorState.DEGRADED, unwritable)
         elif not self._consumer.assigned:
             self._health.report(ACTOR, ActorState.STARTING, "joining the consumer group")
         else:
             self._health.report(ACTOR, ActorState.RUNNING)
-
-
-class _DeadLetters:
-    """Copies malformed records to the dead-letter topic and waits for the broker's ack.
-
-    A record's offset is stored only after this returns, so a poison message is never lost:
-    while the dead-letter topic cannot be written, consumption waits and retries. A producer
-    that can no longer deliver is replaced (see
-    :class:`~actors.kafka.replacement.ReplacingProducer`);
-    its failures come back retriable, so the record is retried whole on the new one rather than
-    written without its value or skipped.
-    """
-
-    def __init__(
-        self,
-        *,
-        open_producer: Callable[[], ProducerPort],
-        topic: str,
-        backoff: Backoff,
-        replace_producer_after: float,
-        health: Health,
-    ) -> None:
-        self._producer = ReplacingProducer(
-            open_producer,
-            name="dead letters",
-            replace_after=replace_producer_after,
-            backoff=backoff,
-            health=health,
-            counter="dead_letter_producer_replacements",
-        )
-        self._topic = topic
-        self._backoff = backoff
-        self._health = health
-
-    async def send(self, record: Record, reason: str) -> bool:
-        """Write ``record`` to the dead-letter topic; ``True`` once the broker acknowledged it.
-
-        Retriable failures are retried with backoff, for as long as it takes. A record the
-        broker refuses for good (e.g. larger than it accepts) is written without its value,
-        with headers saying why and how large it was; if even that is refused, it is logged
-        and skipped, because nothing better can be done with it.
-        """
-        headers: tuple[tuple[str, bytes], ...] = (
-            *record.headers,
-            ("dlq.reason", reason.encode()),
-            ("dlq.source.topic", record.topic.encode()),
-            ("dlq.source.partition", str(record.partition).encode()),
-            ("dlq.source.offset", str(record.offset).encode()),
-        )
-        value = record.value
-        attempt = 1
-        while (failure := await self._deliver(record.key, value, headers)) is not None:
-            if not failure.retriable:
-                if value is None:
-                    self._health.count("dead_letter_refused")
-                    self._log_failure(
-                        logging.ERROR, "dead-letter write refused; skipped", record, failure
-                    )
-                    return False
-                self._log_failure(
-                    logging.WARNING, "dead-letter write refused; value dropped", record, failure
-                )
-                headers += (
-                    ("dlq.value.dropped", failure.code.encode()),
-                    ("dlq.value.size", str(len(value)).encode()),
-                )
-                value = None
-                continue
-            delay = self._backoff.delay(attempt)
-            self._log_failure(
-                logging.WARNING,
-                "dead-letter write failed",
-                record,
-                failure,
-                retryIn=round(delay, 3),
-            )
-            # Consumption waits here (the poison record's offset must not advance); the next
-            # batch reports the state again once the write went through.
-            self._health.report(ACTOR, ActorState.DEGRADED, self._unwritable_because())
-            await trio.sleep(delay)
-            attempt += 1
-        return True
-
-    def _unwritable_because(self) -> str:
-        replaced = self._producer.replaced_because
-        if replaced is not None:
-            return f"dead-letter producer replaced ({replaced})"
-        return "dead-letter topic not writable"
-
-    @staticmethod
-    def _log_failure(
-        level: int, message: str, record: Record, failure: KafkaFailure, **fields: object
-    ) -> None:
-        log_fields(
-            log,
-            level,
-            message,
-            code=failure.code,
-            reason=failure.reason,
-            partition=record.partition,
-            offset=record.offset,
-            **fields,
-        )
-
-    async def _deliver(
-        self, key: bytes | None, value: bytes | None, headers: tuple[tuple[str, bytes], ...]
-    ) -> KafkaFailure | None:
-        reports: list[DeliveryReport] = []
-        try:
-            self._producer.produce(
-                topic=self._topic,
-                key=key,
-                value=value,
-                headers=headers,
-                on_delivery=reports.append,
-            )
-        except BufferError:
-            return KafkaFailure(code="_QUEUE_FULL", reason="local queue full", retriable=True)
-        except ProduceRejected as rejected:
-            return rejected.failure
-        while not reports:
-            await self._producer.poll(CONSUME_TIMEOUT)
-        report = reports[0]
-        return report if isinstance(report, KafkaFailure) else None
-
-    async def flush(self) -> None:
-        await self._producer.flush(CLOSE_SECONDS)
 
 
 async def run_consumer(
@@ -297,12 +285,13 @@ async def run_consumer(
     dead_letters = None
     if dlq_topic is not None and open_dead_letter_producer is not None:
         # Opened first: a producer that cannot be created must not leave a consumer behind.
-        dead_letters = _DeadLetters(
+        dead_letters = DeadLetterWriter(
             open_producer=open_dead_letter_producer,
             topic=dlq_topic,
             backoff=backoff,
             replace_producer_after=replace_producer_after,
             health=health,
+            actor=ACTOR,
         )
     consumer = open_consumer()
     actor = _Consumer(
@@ -315,15 +304,16 @@ async def run_consumer(
     )
     health.report(ACTOR, ActorState.STARTING, "joining the consumer group")
     try:
-        task_status.started()
-        while True:
-            await actor.consume_batch(batch_size)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(actor.handle)
+            task_status.started()
+            await actor.poll(batch_size)
     finally:
         with trio.CancelScope(shield=True):
             with trio.move_on_after(CLOSE_SECONDS) as bounded:
                 await consumer.close()
             if dead_letters is not None:
-                await dead_letters.flush()
+                await dead_letters.flush(CLOSE_SECONDS)
         health.report(ACTOR, ActorState.STOPPED)
         log_fields(
             log, logging.INFO, "consumer stopped", closedCleanly=not bounded.cancelled_caught

@@ -34,7 +34,10 @@ from actors.kafka.ports import (
     Headers,
     KafkaFailure,
     KafkaPorts,
+    Partition,
     Placed,
+    PortClosed,
+    ProduceRejected,
     Record,
 )
 from actors.runtime.health import ActorState, Health
@@ -43,7 +46,9 @@ T = TypeVar("T")
 
 __all__ = [
     "FENCED",
+    "MESSAGE_MAX_BYTES",
     "PURGED",
+    "TOO_LARGE",
     "FakeConsumer",
     "FakeProducer",
     "FakeTopics",
@@ -86,6 +91,12 @@ FENCED = KafkaFailure(
 #: What librdkafka reports for a message dropped by ``purge()`` (the adapter makes it retriable).
 PURGED = KafkaFailure(code="_PURGE_QUEUE", reason="Local: Purged in queue", retriable=True)
 
+#: librdkafka's default ``message.max.bytes``: ``produce()`` refuses a larger message at once.
+MESSAGE_MAX_BYTES = 1_000_000
+
+#: How ``produce()`` refuses a message larger than ``message.max.bytes``.
+TOO_LARGE = KafkaFailure(code="MSG_SIZE_TOO_LARGE", reason="Broker: Message size too large")
+
 
 @attrs.define
 class _Pending:
@@ -106,8 +117,9 @@ class FakeProducer:
     Scripting: :meth:`refuse` (``produce`` raises ``BufferError`` or ``ProduceRejected``),
     ``queue_capacity`` (``BufferError`` while that many reports are undelivered),
     :meth:`fail_deliveries`, :meth:`fence`, :meth:`crash_next_poll`; ``connected`` and
-    ``statistics`` are plain attributes. :meth:`discard` is the last call: any call after it
-    fails the test.
+    ``statistics`` are plain attributes. A message larger than ``message_max_bytes`` is refused
+    with :data:`TOO_LARGE`. :meth:`discard` is the last call: any call after it raises
+    :class:`~actors.kafka.ports.PortClosed`, as the adapter does.
     """
 
     def __init__(
@@ -118,10 +130,12 @@ class FakeProducer:
         partition: int = 0,
         journal: list[str] | None = None,
         name: str = "producer",
+        message_max_bytes: int = MESSAGE_MAX_BYTES,
     ) -> None:
         self.connected: bool | None = True
         self.statistics: ClientStatistics | None = None
         self.delivery_latency = delivery_latency
+        self.message_max_bytes = message_max_bytes
         self.queue_capacity = queue_capacity
         self.partition = partition
         #: Messages accepted by ``produce``, in order.
@@ -141,6 +155,7 @@ class FakeProducer:
         self._failures: collections.deque[KafkaFailure] = collections.deque()
         self._poll_errors: collections.deque[Exception] = collections.deque()
         self._fenced = False
+        self._failing_until: tuple[KafkaFailure, float] | None = None
         self._pending: collections.deque[_Pending] = collections.deque()
         self._produced_one = trio.Event()
 
@@ -154,6 +169,10 @@ class FakeProducer:
     def fail_deliveries(self, failure: KafkaFailure, times: int = 1) -> None:
         """Report ``failure`` instead of a placement for the next ``times`` accepted messages."""
         self._failures.extend([failure] * times)
+
+    def fail_deliveries_until(self, failure: KafkaFailure, time: float) -> None:
+        """Report ``failure`` for every message accepted before the virtual ``time``."""
+        self._failing_until = (failure, time)
 
     def fence(self) -> None:
         """From now on fail every accepted message with ``PRODUCER_FENCED``, as librdkafka does
@@ -185,6 +204,8 @@ class FakeProducer:
         self.attempts.append(now)
         if self._refusals:
             raise self._refusals.popleft()
+        if len(key or b"") + len(value or b"") > self.message_max_bytes:
+            raise ProduceRejected(TOO_LARGE)
         if self.queue_capacity is not None and len(self._pending) >= self.queue_capacity:
             raise BufferError("Local: Queue full")
         report: DeliveryReport
@@ -192,6 +213,8 @@ class FakeProducer:
             report = FENCED
         elif self._failures:
             report = self._failures.popleft()
+        elif self._failing_until is not None and now < self._failing_until[1]:
+            report = self._failing_until[0]
         else:
             report = Placed(partition=self.partition, offset=self._next_offset)
             self._next_offset += 1
@@ -247,7 +270,7 @@ class FakeProducer:
 
     def _check_open(self, call: str) -> None:
         if self.discarded_at is not None:
-            raise AssertionError(f"{self._name}.{call}() after discard()")
+            raise PortClosed(f"{self._name}.{call}() after discard()")
 
     def _serve_ready(self) -> bool:
         """Call back every report that is due; ``True`` if there was one."""
@@ -265,10 +288,13 @@ class FakeProducer:
 class FakeConsumer:
     """A :class:`~actors.kafka.ports.ConsumerPort` in memory, handing out ``records`` in batches.
 
-    ``consume`` returns what is queued (nothing until ``assigned``), or waits on virtual time
-    for :meth:`add` up to its ``timeout``. It records ``store_offset``, ``commit`` and ``close``
-    and refuses the calls librdkafka forbids: anything after ``close``, and ``close`` while a
-    ``consume`` is in progress (librdkafka#2333). ``statistics`` is a plain attribute.
+    ``consume`` returns what is queued (nothing until ``assigned``, nothing while paused), or
+    waits on virtual time for :meth:`add` (or :meth:`resume`) up to its ``timeout``. It records
+    ``store_offset``, ``commit``, ``close``, ``pause`` and ``resume``. :meth:`rebalance` plays
+    what librdkafka does in a rebalance: commit, revoke, and read the revoked partitions again
+    from the committed offset if they come back. After ``close`` every call raises
+    :class:`~actors.kafka.ports.PortClosed`, as the adapter does; ``close`` while a ``consume``
+    is in progress (librdkafka#2333) fails the test. ``statistics`` is a plain attribute.
     """
 
     def __init__(
@@ -288,15 +314,27 @@ class FakeConsumer:
         self.stored_count = AsyncValue(0)
         #: How many times ``consume`` was called.
         self.consume_calls = AsyncValue(0)
+        #: Virtual time of every ``consume`` call.
+        self.consumed_at: list[float] = []
+        #: Every record ``consume`` returned, in order (read again after a rebalance included).
+        self.handed_out: list[Record] = []
         self.commits: list[float] = []
         self.closes: list[float] = []
+        #: Virtual times of the ``pause`` and ``resume`` calls that changed the state.
+        self.pauses: list[float] = []
+        self.resumes: list[float] = []
+        #: Records of partitions a :meth:`rebalance` gave to another member.
+        self.given_away: list[Record] = []
         self._assigned = assigned
+        self._paused = False
         self._journal = journal if journal is not None else []
         self._name = name
         self._records: collections.deque[Record] = collections.deque(records)
         self._errors: collections.deque[Exception] = collections.deque()
         self._changed = trio.Event()
         self._consuming = False
+        self._revoked: set[Partition] = set()
+        self._unstored: dict[Partition, list[Record]] = collections.defaultdict(list)
 
     @property
     def assigned(self) -> bool:
@@ -306,6 +344,10 @@ class FakeConsumer:
     def assigned(self, value: bool) -> None:
         self._assigned = value
         self._changed.set()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
 
     def add(self, *records: Record) -> None:
         """Make ``records`` available to ``consume``."""
@@ -317,16 +359,43 @@ class FakeConsumer:
         self._errors.append(error)
         self._changed.set()
 
+    def rebalance(self, keep: Iterable[Partition] | None = None) -> None:
+        """An eager rebalance, as librdkafka serves it inside ``consume``: commit, revoke every
+        partition, then assign ``keep`` (default: the same partitions again).
+
+        Records handed out but not stored go back to the front of the queue for the kept
+        partitions (librdkafka reads on from the committed offset); queued records of other
+        partitions move to :attr:`given_away`. A pause stays in force for the new assignment.
+        """
+        self._check_open("rebalance")
+        self.commits.append(trio.current_time())
+        self._journal.append(f"{self._name}.rebalance")
+        queued = [*self._records]
+        revoked = {_partition(record) for record in queued} | set(self._unstored)
+        kept = revoked if keep is None else set(keep)
+        self._revoked |= revoked
+        # Read again: new objects with the same values, as the adapter's would be.
+        again = [attrs.evolve(record) for record in self._unstored_records()]
+        self._unstored.clear()
+        self._records = collections.deque(
+            record for record in [*again, *queued] if _partition(record) in kept
+        )
+        self.given_away.extend(record for record in queued if _partition(record) not in kept)
+        self._changed.set()
+
+    def _unstored_records(self) -> list[Record]:
+        return [record for records in self._unstored.values() for record in records]
+
     async def consume(self, max_messages: int, timeout: float) -> list[Record]:
-        if self.closes:
-            raise AssertionError("consume() after close()")
+        self._check_open("consume")
         await trio.lowlevel.checkpoint_if_cancelled()
         self.consume_calls.value += 1
+        self.consumed_at.append(trio.current_time())
         self._journal.append(f"{self._name}.consume")
         deadline = trio.current_time() + timeout
         self._consuming = True
         try:
-            while not self._errors and not (self._assigned and self._records):
+            while not self._errors and not self._ready():
                 if trio.current_time() >= deadline:
                     break
                 self._changed = trio.Event()
@@ -338,13 +407,44 @@ class FakeConsumer:
         if self._errors:
             raise self._errors.popleft()
         batch: list[Record] = []
-        while self._assigned and self._records and len(batch) < max_messages:
-            batch.append(self._records.popleft())
+        while self._ready() and len(batch) < max_messages:
+            record = self._records.popleft()
+            self._unstored[_partition(record)].append(record)
+            batch.append(record)
+        self.handed_out.extend(batch)
         return batch
 
+    def _ready(self) -> bool:
+        return self._assigned and not self._paused and bool(self._records)
+
+    def pause(self) -> None:
+        self._check_open("pause")
+        if not self._paused:
+            self._paused = True
+            self.pauses.append(trio.current_time())
+            self._journal.append(f"{self._name}.pause")
+
+    def resume(self) -> None:
+        self._check_open("resume")
+        if self._paused:
+            self._paused = False
+            self.resumes.append(trio.current_time())
+            self._journal.append(f"{self._name}.resume")
+            self._changed.set()
+
+    def take_revoked(self) -> frozenset[Partition]:
+        self._check_open("take_revoked")
+        revoked, self._revoked = frozenset(self._revoked), set()
+        return revoked
+
     def store_offset(self, record: Record) -> None:
-        if self.closes:
-            raise AssertionError("store_offset() after close()")
+        self._check_open("store_offset")
+        unstored = self._unstored.get(_partition(record))
+        if unstored is None or record not in unstored:
+            # Revoked meanwhile (the adapter logs "offset not stored"): its next owner reads it.
+            self._journal.append(f"{self._name}.store_offset {record.offset} refused")
+            return
+        del unstored[: unstored.index(record) + 1]
         self.stored.append(
             StoredOffset(
                 topic=record.topic,
@@ -357,18 +457,26 @@ class FakeConsumer:
         self.stored_count.value += 1
 
     async def commit(self) -> None:
-        if self.closes:
-            raise AssertionError("commit() after close()")
+        self._check_open("commit")
         await trio.lowlevel.checkpoint()
         self.commits.append(trio.current_time())
         self._journal.append(f"{self._name}.commit")
 
     async def close(self) -> None:
+        self._check_open("close")
         if self._consuming:
             raise AssertionError("close() while consume() runs (librdkafka#2333)")
         self.closes.append(trio.current_time())
         self._journal.append(f"{self._name}.close")
         await trio.lowlevel.checkpoint()
+
+    def _check_open(self, call: str) -> None:
+        if self.closes:
+            raise PortClosed(f"{self._name}.{call}() after close()")
+
+
+def _partition(record: Record) -> Partition:
+    return (record.topic, record.partition)
 
 
 class FakeTopics:

@@ -65,5 +65,6 @@ def consumer_config(settings: KafkaSettings) -> dict[str, Any]:
         "session.timeout.ms": settings.session_timeout_ms,
         "heartbeat.interval.ms": settings.heartbeat_interval_ms,
         "fetch.wait.max.ms": settings.fetch_wait_max_ms,
+        "max.poll.interval.ms": settings.max_poll_interval_ms,
         "statistics.interval.ms": STATISTICS_INTERVAL_MS,
     }

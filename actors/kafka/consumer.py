@@ -1,16 +1,26 @@
 """The consumer port over a confluent-kafka ``Consumer``: subscription, rebalance callbacks,
-offsets stored after the store confirmed, commits on revoke and close."""
+offsets stored after the store confirmed, commits on revoke and close, pause and resume of the
+assignment.
+
+librdkafka keeps a partition's paused flag across a revoke and a new assignment, and a
+partition assigned for the first time is not paused; so the adapter keeps the assignment and
+its own ``paused`` flag, and in the assign callback assigns the new partitions itself and
+pauses or resumes them to match. Pausing purges what librdkafka had fetched for the paused
+partitions and stops the fetcher; resuming fetches again from the record after the last one
+``consume`` returned (librdkafka#2052), so nothing is skipped or read twice.
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from actors.kafka.bridge import MAX_BLOCKING_SECONDS, Bridge, Connectivity, known
-from actors.kafka.ports import ClientStatistics, KafkaFatalError, Record
+from actors.kafka.ports import ClientStatistics, KafkaFatalError, Partition, PortClosed, Record
 from actors.runtime.logs import log_fields
 
 __all__ = ["KafkaConsumer"]
@@ -27,6 +37,12 @@ class KafkaConsumer:
         self._consumer = Consumer(config | self._connectivity.callbacks())
         self._bridge = Bridge()
         self._assigned = False
+        self._closed = False
+        # Written by the rebalance callbacks (worker thread) and by pause/resume (trio thread).
+        self._lock = threading.Lock()
+        self._paused = False
+        self._assignment: set[Partition] = set()
+        self._revoked: set[Partition] = set()
         self._consumer.subscribe(
             [topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
@@ -43,21 +59,46 @@ class KafkaConsumer:
     def assigned(self) -> bool:
         return self._assigned
 
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
     # Rebalance callbacks run on the worker thread inside consume(); calling the client
     # synchronously from here is allowed (and is the only safe way to commit before revoke).
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Assigned here rather than by confluent-kafka after this callback, so that the new
+        # partitions can be paused (or a flag librdkafka kept from before resumed) before the
+        # fetcher hands out a record of them. assign(), not incremental_assign(): the
+        # service's assignors (librdkafka's default range,roundrobin) are eager.
+        consumer.assign(partitions)
+        with self._lock:
+            self._assignment.update(_keys(partitions))
+            if partitions:
+                (consumer.pause if self._paused else consumer.resume)(partitions)
         self._assigned = True
-        log_fields(log, logging.INFO, "partitions assigned", partitions=_describe(partitions))
+        log_fields(
+            log,
+            logging.INFO,
+            "partitions assigned",
+            partitions=_describe(partitions),
+            paused=self._paused,
+        )
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._commit_now()
-        self._assigned = False
+        self._forget(partitions)
         log_fields(log, logging.INFO, "partitions revoked", partitions=_describe(partitions))
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._assigned = False
+        self._forget(partitions)
         log_fields(log, logging.WARNING, "partitions lost", partitions=_describe(partitions))
+
+    def _forget(self, partitions: list[TopicPartition]) -> None:
+        with self._lock:
+            self._assignment.difference_update(_keys(partitions))
+            self._revoked.update(_keys(partitions))
+        self._assigned = False
 
     def _commit_now(self) -> None:
         try:
@@ -66,7 +107,36 @@ class KafkaConsumer:
             if error.args[0].code() != KafkaError._NO_OFFSET:
                 log_fields(log, logging.WARNING, "commit failed", reason=error.args[0].str())
 
+    def pause(self) -> None:
+        self._check_open("pause")
+        with self._lock:
+            if not self._paused:
+                self._paused = True
+                self._apply(self._consumer.pause)
+
+    def resume(self) -> None:
+        self._check_open("resume")
+        with self._lock:
+            if self._paused:
+                self._paused = False
+                self._apply(self._consumer.resume)
+
+    def _apply(self, change: Any) -> None:
+        if self._assignment:
+            change([TopicPartition(topic, partition) for topic, partition in self._assignment])
+
+    def take_revoked(self) -> frozenset[Partition]:
+        self._check_open("take_revoked")
+        with self._lock:
+            revoked, self._revoked = frozenset(self._revoked), set()
+        return revoked
+
+    def _check_open(self, call: str) -> None:
+        if self._closed:
+            raise PortClosed(f"consumer.{call}() after close()")
+
     async def consume(self, max_messages: int, timeout: float) -> list[Record]:
+        self._check_open("consume")
         messages = await self._bridge.call(
             self._consumer.consume, max_messages, min(timeout, MAX_BLOCKING_SECONDS)
         )
@@ -95,6 +165,7 @@ class KafkaConsumer:
         )
 
     def store_offset(self, record: Record) -> None:
+        self._check_open("store_offset")
         position = TopicPartition(record.topic, record.partition, record.offset + 1)
         try:
             self._consumer.store_offsets(offsets=[position])
@@ -110,6 +181,7 @@ class KafkaConsumer:
             )
 
     async def commit(self) -> None:
+        self._check_open("commit")
         await self._bridge.call(self._commit_now)
 
     async def close(self) -> None:
@@ -118,6 +190,8 @@ class KafkaConsumer:
         Cancellation: the caller bounds and shields this call; if the bound expires the worker
         thread is abandoned (no other call may follow close anyway).
         """
+        self._check_open("close")
+        self._closed = True
         await self._bridge.call(self._close_now, abandon_on_cancel=True)
 
     def _close_now(self) -> None:
@@ -132,6 +206,10 @@ def _as_bytes(value: str | bytes | None) -> bytes | None:
 def _header_pairs(message: Message) -> list[tuple[str, str | bytes | None]]:
     headers = message.headers() or []
     return list(headers.items()) if isinstance(headers, dict) else list(headers)
+
+
+def _keys(partitions: Sequence[TopicPartition]) -> set[Partition]:
+    return {(p.topic, p.partition) for p in partitions}
 
 
 def _describe(partitions: Sequence[TopicPartition]) -> list[str]:

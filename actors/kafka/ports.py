@@ -23,13 +23,18 @@ __all__ = [
     "KafkaFailure",
     "KafkaFatalError",
     "KafkaPorts",
+    "Partition",
     "Placed",
+    "PortClosed",
     "ProduceRejected",
     "ProducerPort",
     "Record",
 ]
 
 Headers = Sequence[tuple[str, bytes]]
+
+#: A partition of a topic, as ``(topic, partition)``.
+Partition = tuple[str, int]
 
 
 @attrs.frozen(kw_only=True)
@@ -55,6 +60,16 @@ class ProduceRejected(Exception):
 
 class KafkaFatalError(Exception):
     """The client hit an error it cannot recover from; the actor must be restarted."""
+
+
+class PortClosed(RuntimeError):
+    """A call on a port after its last call (``close()`` or ``discard()``) began.
+
+    The rule is the same for every port and every implementation: once the last call began,
+    every other call raises this, a second ``close()``/``discard()`` included; the properties
+    (``connected``, ``assigned``, ``paused``) stay readable. It is a bug in the caller, so it
+    is an exception, not a value.
+    """
 
 
 @attrs.frozen(kw_only=True)
@@ -130,7 +145,8 @@ class ProducerPort(Protocol):
         """Drop every message still queued or in flight, then release the client.
 
         Each dropped message gets a retriable failure report, handed to its callback within
-        this call (waiting at most ``timeout`` seconds for them). The last call on the port.
+        this call (waiting at most ``timeout`` seconds for them). The last call on the port:
+        any call after it raises :class:`PortClosed`.
         """
         ...
 
@@ -139,7 +155,10 @@ class ConsumerPort(Protocol):
     """A subscribed Kafka consumer whose blocking calls are awaitable.
 
     The adapter commits stored offsets itself when partitions are revoked, inside the
-    rebalance callback, before another member can take them.
+    rebalance callback, before another member can take them. A member that holds records it
+    cannot hand on yet calls :meth:`pause` and keeps calling :meth:`consume`, which returns
+    nothing but keeps the member in the group; :meth:`resume` carries on right after the last
+    record ``consume`` returned.
     """
 
     @property
@@ -157,16 +176,45 @@ class ConsumerPort(Protocol):
         """The latest statistics report; ``None`` until the first one."""
         ...
 
+    @property
+    def paused(self) -> bool:
+        """Whether :meth:`pause` is in force (until :meth:`resume`)."""
+        ...
+
     async def consume(self, max_messages: int, timeout: float) -> list[Record]:
         """Fetch up to ``max_messages`` records, waiting at most ``timeout`` seconds.
+
+        Within a partition, records come in offset order, each once, unless a rebalance
+        revoked the partition: then its next owner (maybe this member again) reads on from
+        the committed offset. Rebalance callbacks are served inside this call, paused or not.
 
         Raises:
             KafkaFatalError: the client cannot go on.
         """
         ...
 
+    def pause(self) -> None:
+        """Stop fetching for the whole assignment, and for partitions assigned later, until
+        :meth:`resume`; ``consume`` returns nothing meanwhile. Pausing twice is one pause."""
+        ...
+
+    def resume(self) -> None:
+        """Fetch again for the whole assignment, from the record after the last one
+        ``consume`` returned (the committed offset for a partition assigned meanwhile)."""
+        ...
+
+    def take_revoked(self) -> frozenset[Partition]:
+        """Partitions revoked or lost since the last call.
+
+        Records of these partitions that ``consume`` returned before must not be handled:
+        their offsets can no longer be stored, and their next owner reads them again.
+        """
+        ...
+
     def store_offset(self, record: Record) -> None:
-        """Mark ``record`` as processed, so the next commit moves past it."""
+        """Mark ``record`` as processed, so the next commit moves past it: the committed
+        offset becomes ``record.offset + 1``, where the group's next reader starts. A record
+        of a partition no longer assigned is not stored (its new owner reads it again)."""
         ...
 
     async def commit(self) -> None:
@@ -174,7 +222,8 @@ class ConsumerPort(Protocol):
         ...
 
     async def close(self) -> None:
-        """Commit, leave the group and release the client; the last call on the port."""
+        """Commit, leave the group and release the client; the last call on the port: any
+        call after it raises :class:`PortClosed`."""
         ...
 
 

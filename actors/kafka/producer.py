@@ -20,6 +20,7 @@ from actors.kafka.ports import (
     DeliveryReport,
     Headers,
     Placed,
+    PortClosed,
     ProduceRejected,
 )
 
@@ -33,6 +34,7 @@ class KafkaProducer:
         self._connectivity = Connectivity()
         self._producer = Producer(config | self._connectivity.callbacks())
         self._bridge = Bridge()
+        self._discarded = False
 
     @property
     def connected(self) -> bool | None:
@@ -51,6 +53,8 @@ class KafkaProducer:
         headers: Headers = (),
         on_delivery: Callable[[DeliveryReport], None],
     ) -> None:
+        self._check_open("produce")
+
         def report(error: KafkaError | None, message: Message) -> None:
             if error is not None:
                 on_delivery(failure_from(error))
@@ -73,10 +77,15 @@ class KafkaProducer:
             KafkaFatalError: librdkafka reported a fatal error (e.g. the idempotent producer's
                 state was lost); the client must be replaced.
         """
+        self._check_open("poll")
         await self._bridge.call(self._producer.poll, min(timeout, MAX_BLOCKING_SECONDS))
         self._connectivity.raise_if_fatal()
 
     async def flush(self, timeout: float) -> int:
+        self._check_open("flush")
+        return await self._flush(timeout)
+
+    async def _flush(self, timeout: float) -> int:
         remaining = len(self._producer)
         for piece in slices(timeout):
             remaining = await self._bridge.call(self._producer.flush, piece)
@@ -94,6 +103,12 @@ class KafkaProducer:
         Cancellation: the caller bounds and shields this call; if the bound expires during
         ``close()`` the worker thread is abandoned (no other call may follow anyway).
         """
+        self._check_open("discard")
+        self._discarded = True
         await self._bridge.call(self._producer.purge)
-        await self.flush(timeout)
+        await self._flush(timeout)
         await self._bridge.call(self._producer.close, abandon_on_cancel=True)
+
+    def _check_open(self, call: str) -> None:
+        if self._discarded:
+            raise PortClosed(f"producer.{call}() after discard()")

@@ -232,6 +232,13 @@ class KafkaSettings:
         _integer(0, 300_000),
         "Consumer fetch.wait.max.ms; end-to-end latency at light load follows it.",
     )
+    max_poll_interval_ms: int = setting(
+        "KAFKA_MAX_POLL_INTERVAL_MS",
+        "300000",
+        _integer(1, 86_400_000),
+        "Consumer max.poll.interval.ms, at least the session timeout; the consumer polls far more "
+        "often, also while paused.",
+    )
     consumer_batch_size: int = setting(
         "CONSUMER_BATCH_SIZE",
         "500",
@@ -645,6 +652,11 @@ def _check_consistency(settings: Settings) -> None:
         raise SettingsError(
             "KAFKA_HEARTBEAT_INTERVAL_MS",
             f"must be at most a third of KAFKA_SESSION_TIMEOUT_MS ({kafka.session_timeout_ms})",
+        )
+    if kafka.max_poll_interval_ms < kafka.session_timeout_ms:
+        raise SettingsError(
+            "KAFKA_MAX_POLL_INTERVAL_MS",
+            f"must be at least KAFKA_SESSION_TIMEOUT_MS ({kafka.session_timeout_ms})",
         )
     if publish.retry_backoff_ms > publish.retry_backoff_max_ms:
         raise SettingsError(

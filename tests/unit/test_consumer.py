@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -16,11 +17,11 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from fakes import FENCED, FakeConsumer, FakeProducer, RecordingHealth, opener
+from fakes import FENCED, FakeConsumer, FakeProducer, Produced, RecordingHealth, opener
 from settings_support import default_limits
 from store_support import list_all, store_actor
 
-from actors.consumer import run_consumer
+from actors.consumer import CONSUME_TIMEOUT, POLL_GAP_SECONDS, run_consumer
 from actors.domain.events import new_event
 from actors.domain.messages import Put, PutOutcome, StoreCommand
 from actors.kafka.ports import KafkaFailure, KafkaFatalError, ProduceRejected, Record
@@ -69,7 +70,7 @@ def consumer_actor(
     store: trio.MemorySendChannel[StoreCommand],
     health: Health,
     *,
-    dead_letters: FakeProducer | Sequence[FakeProducer] | None = None,
+    dead_letters: FakeProducer | Sequence[FakeProducer] | Callable[[], FakeProducer] | None = None,
 ) -> Callable[..., Awaitable[None]]:
     """The consumer actor; ``dead_letters`` is the DLQ producer, or the producers it opens in
     turn (the first, then each replacement)."""
@@ -94,7 +95,7 @@ async def running_consumer(
     consumer: FakeConsumer,
     health: Health,
     *,
-    dead_letters: FakeProducer | Sequence[FakeProducer] | None = None,
+    dead_letters: FakeProducer | Sequence[FakeProducer] | Callable[[], FakeProducer] | None = None,
 ) -> AsyncIterator[trio.MemorySendChannel[StoreCommand]]:
     """Run the real store and the consumer; leaving the block cancels both (the shutdown)."""
     store_send, store_receive = trio.open_memory_channel[StoreCommand](8)
@@ -280,10 +281,12 @@ async def test_malformed_record_is_dead_lettered_before_its_offset_is_stored(
         assert message.key == b"k1"
         assert message.value == b"\xff\xfe"
         assert message.headers == expected_headers
+    # The record was held longer than the grace, so the assignment was paused meanwhile.
     assert [entry for entry in journal if entry != "consumer.consume"] == [
         "dlq.produce",
         "dlq.deliver",
         "dlq.produce",
+        "consumer.pause",
         "dlq.deliver",
         "consumer.store_offset 0",
         "consumer.store_offset 1",
@@ -325,7 +328,7 @@ async def test_fatal_error_propagates_after_close(
     async with trio.open_nursery() as nursery:
         await nursery.start(store_actor(store_receive, health))
         nursery.start_soon(fail_after_first_record)
-        with pytest.raises(KafkaFatalError, match="fenced"):
+        with pytest.RaisesGroup(pytest.RaisesExc(KafkaFatalError, match="fenced")):
             await consumer_actor(consumer, store_send, health)()
         store_send.close()
     assert journal[-3:] == ["consumer.store_offset 0", "consumer.consume", "consumer.close"]
@@ -475,3 +478,137 @@ async def test_dead_letter_deliveries_failing_for_the_window_replace_the_produce
     assert [message.at for message in fresh.produced] == approx([8.1])
     assert [stored.at for stored in consumer.stored] == approx([8.1])
     assert health.counters["dead_letter_producer_replacements"] == 1
+
+
+# --- pausing, never blocking -----------------------------------------------------------------
+
+#: How long the dead-letter topic stays unwritable in the tests below: far longer than a short
+#: ``max.poll.interval.ms`` would allow a member to stop polling.
+OUTAGE_SECONDS = 30.0
+
+TIMED_OUT = KafkaFailure(code="_MSG_TIMED_OUT", reason="timed out", retriable=True)
+
+
+class UnwritableDeadLetters:
+    """DLQ producers (the first and each replacement) whose deliveries fail, retriably, for every
+    message produced before ``until``; each report comes 0.25 s after its message."""
+
+    def __init__(self, until: float) -> None:
+        self.until = until
+        self.producers: list[FakeProducer] = []
+
+    def __call__(self) -> FakeProducer:
+        producer = FakeProducer(delivery_latency=0.25, name="dlq")
+        producer.fail_deliveries_until(TIMED_OUT, self.until)
+        self.producers.append(producer)
+        return producer
+
+    @property
+    def produced(self) -> list[Produced]:
+        return sorted((m for p in self.producers for m in p.produced), key=lambda m: m.at)
+
+
+def largest_gap(times: Sequence[float]) -> float:
+    return max(later - earlier for earlier, later in itertools.pairwise(times))
+
+
+async def test_unwritable_dead_letter_topic_pauses_and_keeps_polling(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """While the DLQ cannot be written the assignment is paused at the grace and consume() keeps
+    being called (never more than POLL_GAP_SECONDS apart); nothing after the poison is handed
+    out meanwhile, and after the write everything follows in order, each offset once."""
+    health = make_health()
+    dead_letters = UnwritableDeadLetters(until=OUTAGE_SECONDS)
+    later = [record(offset, event_json(f"u{offset}")) for offset in range(1, 6)]
+    consumer = FakeConsumer([record(0, b"not json"), *later])
+    async with running_consumer(consumer, health, dead_letters=dead_letters) as store:
+        await trio.sleep(OUTAGE_SECONDS / 2)
+        assert consumer.paused
+        assert health.state("consumer").value is ActorState.DEGRADED
+        assert consumer.stored == []
+        with trio.fail_after(OUTAGE_SECONDS):
+            await consumer.stored_count.wait_value(6)
+        resumed_at = trio.current_time()
+        events = await stored_events(store)
+        await trio.sleep(1)
+
+    write_done = dead_letters.produced[-1].at + 0.25
+    assert write_done > OUTAGE_SECONDS
+    assert consumer.pauses == approx([0.5])
+    assert len(consumer.resumes) == 1
+    assert write_done <= consumer.resumes[0] <= write_done + CONSUME_TIMEOUT
+    assert largest_gap(consumer.consumed_at) <= POLL_GAP_SECONDS + 1e-9
+    # Only the first batch (BATCH_SIZE records) was handed out before the write went through.
+    assert [r.offset for r in consumer.handed_out] == [0, 1, 2, 3, 4, 5]
+    assert consumer.consume_calls.value > OUTAGE_SECONDS / POLL_GAP_SECONDS
+    assert [stored.offset for stored in consumer.stored] == [0, 1, 2, 3, 4, 5]
+    assert consumer.stored[1].at == approx(write_done)
+    assert [event["userId"] for event in events] == [f"u{offset}" for offset in range(1, 6)]
+    assert resumed_at >= write_done
+    assert health.state("consumer").value is ActorState.STOPPED
+    assert health.counters["dead_lettered"] == 1
+
+
+async def test_store_that_does_not_take_puts_pauses_instead_of_blocking_the_poll_loop(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A store inbox that stays full for a minute pauses the assignment after the grace; polling
+    goes on, and once the store reads again every record arrives in order and consumption
+    resumes."""
+    health = make_health()
+    consumer = FakeConsumer([record(offset, event_json(f"u{offset}")) for offset in range(4)])
+    stuck_send, stuck_receive = trio.open_memory_channel[StoreCommand](0)
+    store_send, store_receive = trio.open_memory_channel[StoreCommand](8)
+    journal: list[str] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store_actor(store_receive, health))
+        await nursery.start(consumer_actor(consumer, stuck_send, health))
+        await trio.sleep(60)
+        assert consumer.paused
+        assert consumer.stored == []
+        assert largest_gap(consumer.consumed_at) <= POLL_GAP_SECONDS + 1e-9
+        nursery.start_soon(relay_store, stuck_receive, store_send, journal)
+        await wait_stored(consumer, 4)
+        await trio.sleep(1)
+        assert not consumer.paused
+        events = await stored_events(store_send)
+        nursery.cancel_scope.cancel()
+
+    assert consumer.pauses == approx([0.5])
+    assert [stored.offset for stored in consumer.stored] == [0, 1, 2, 3]
+    assert [event["userId"] for event in events] == ["u0", "u1", "u2", "u3"]
+    assert journal == [
+        "store confirmed u0",
+        "store confirmed u1",
+        "store confirmed u2",
+        "store confirmed u3",
+    ]
+
+
+async def test_rebalance_while_paused_drops_the_backlog_and_reads_on_from_the_committed_offset(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A rebalance during the DLQ outage revokes the held records; the pause stays in force; the
+    partition comes back from its committed offset, so the poison record is dead-lettered again
+    (at least once) and no record is skipped, stored twice or out of order."""
+    health = make_health()
+    dead_letters = UnwritableDeadLetters(until=10.0)
+    consumer = FakeConsumer(
+        [record(0, b"not json"), record(1, event_json("u1")), record(2, event_json("u2"))]
+    )
+    async with running_consumer(consumer, health, dead_letters=dead_letters) as store:
+        await trio.sleep(5)
+        assert consumer.paused
+        consumer.rebalance()
+        await trio.sleep(1)
+        assert consumer.paused  # still held: the write has not gone through
+        await wait_stored(consumer, 3)
+        events = await stored_events(store)
+
+    # Read 0, 1 (first batch); the rebalance gave 0, 1 back; then 0, 1 and 2 again in order.
+    assert [r.offset for r in consumer.handed_out] == [0, 1, 0, 1, 2]
+    assert [stored.offset for stored in consumer.stored] == [0, 1, 2]
+    assert [event["userId"] for event in events] == ["u1", "u2"]
+    assert [message.value for message in dead_letters.produced][-1] == b"not json"
+    assert health.counters["dead_lettered"] == 2
