@@ -547,6 +547,9 @@ def test_openapi_document_is_served(service: Services) -> None:
         "/events/generate",
         "/events/processed",
         "/health",
+        "/health/live",
+        "/health/ready",
+        "/metrics",
         "/openapi.json",
     }
     new_event = document["components"]["schemas"]["NewEvent"]
