@@ -169,6 +169,9 @@ class Metrics:
         self._outcome_counters = {
             outcome: self._consumed.labels(outcome) for outcome in CONSUME_OUTCOMES
         }
+        #: (route, method, status) -> its request counter and its route's duration histogram;
+        #: bounded because unknown paths share the route "unmatched".
+        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         for actor in restartable:
             self._restarts.labels(actor)
         self._scraped = _ScrapeTimeValues()
@@ -187,8 +190,17 @@ class Metrics:
     # --- the HTTP actor ----------------------------------------------------------------------
 
     def http_request(self, *, route: str, method: str, status: int, seconds: float) -> None:
-        self._http_requests.labels(route, method, str(status)).inc()
-        self._http_duration.labels(route).observe(seconds)
+        key = (route, method, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (
+                self._http_requests.labels(route, method, str(status)),
+                self._http_duration.labels(route),
+            )
+            self._request_children[key] = children
+        counter, duration = children
+        counter.inc()
+        duration.observe(seconds)
 
     def publish_acknowledged(self, seconds: float) -> None:
         """A POST's event was acknowledged ``seconds`` after it was handed to the publisher."""
