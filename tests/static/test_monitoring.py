@@ -322,3 +322,24 @@ def test_monitoring_images_are_pinned_and_ports_local(services: dict[str, Any], 
         host, published, _ = interpolate(entry).split(":")
         assert host == "127.0.0.1", entry
         assert published != "3000", entry
+
+
+# --- the README's list ---------------------------------------------------------------------
+
+
+def test_readme_lists_every_metric_and_only_exported_ones() -> None:
+    """Each family the service exports has a row in README.md's metrics table (the process
+    collector's as one row), and every metric name the README mentions is exported."""
+    readme = (MONITORING.parent / "README.md").read_text()
+    section = readme[readme.index("\n## Metrics") :]
+    section = section.split("\n## ", 2)[1]  # up to the next section, if any
+    rows = [line for line in section.splitlines() if line.startswith(f"| `{PREFIX}")]
+    listed = {name for row in rows for name in re.findall(rf"`({PREFIX}[a-z_*]+)`", row)}
+    declared = {
+        name for name in exported_names() if not name.endswith(("_bucket", "_sum", "_count"))
+    }
+    process = {name for name in declared if name.startswith(f"{PREFIX}process_")}
+    assert f"{PREFIX}process_*" in listed
+    assert sorted(declared - process - listed) == []
+    mentioned = set(re.findall(rf"\b{PREFIX}[a-z_]+\b", readme))
+    assert sorted(mentioned - exported_names() - {f"{PREFIX}process_"}) == []
