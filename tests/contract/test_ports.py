@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import trio
+from support.port_backends import Backend
 
 from actors.kafka.ports import (
     ConsumerPort,
@@ -20,8 +21,6 @@ from actors.kafka.ports import (
     ProducerPort,
     Record,
 )
-
-from .conftest import Backend
 
 #: Generous bounds on a wait; on the fakes they pass in virtual time.
 DELIVERY_SECONDS = 10.0

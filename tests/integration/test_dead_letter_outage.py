@@ -22,8 +22,9 @@ from typing import Any
 import pytest
 from confluent_kafka import ConsumerGroupTopicPartitions, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
-
-from .conftest import Broker, KafkaTools, ServiceProcess, Services
+from support.brokers import Broker
+from support.kafka_tools import KafkaTools
+from support.services import ServiceProcess, Services
 
 MAX_POLL_INTERVAL_MS = 2000
 
@@ -87,7 +88,7 @@ def test_unwritable_dead_letter_topic_pauses_without_leaving_the_group(
             "KAFKA_MAX_POLL_INTERVAL_MS": str(MAX_POLL_INTERVAL_MS),
             "DLQ_BLOCKED_FILE": str(flag),
         },
-        module="tests.integration.dead_letter_outage_service",
+        module="tests.support.dead_letter_outage_service",
     )
     assert isinstance(app, ServiceProcess)
     user = f"user-{uuid.uuid4().hex[:8]}"

@@ -1,5 +1,9 @@
 """What a new user meets first: the local broker's address, and reading the topic from the host
-exactly as the README shows."""
+exactly as the README shows.
+
+``--local-broker`` starts Tansu, so its test is about Tansu on every leg; the broker that starts
+late is of the suite's kind (``TEST_BROKER``).
+"""
 
 from __future__ import annotations
 
@@ -9,12 +13,14 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
+from support.brokers import selected_kind, start_broker
+from support.services import REPO_ROOT, Spawn
+from support.waiting import wait_until
 
-from actors.devtools.local_broker import free_port, start_local_broker
-
-from .conftest import REPO_ROOT, Spawn, wait_until
+from actors.devtools.local_broker import free_port
 
 README = REPO_ROOT / "README.md"
 
@@ -55,7 +61,7 @@ def test_local_broker_is_named_in_one_plain_line_and_readable_from_the_host(
 
 
 def test_http_is_up_at_once_without_a_broker_and_all_works_once_one_answers(
-    process_control: Spawn,
+    process_control: Spawn, tmp_path: Path
 ) -> None:
     """With nothing on the broker's port, HTTP answers within a second: /health 503 naming the
     broker, POST 503 with Retry-After, the listing 200 and empty. When a broker starts on that
@@ -83,7 +89,7 @@ def test_http_is_up_at_once_without_a_broker_and_all_works_once_one_answers(
     assert post.json()["message"] == waiting
     assert app.processed() == []
 
-    broker = start_local_broker(port)
+    broker = start_broker(selected_kind(), log_dir=tmp_path, port=port)
     try:
         app.wait_healthy()
         created = app.post_event(user_id="late-broker")

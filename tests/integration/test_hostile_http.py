@@ -20,10 +20,10 @@ from typing import Any
 
 import attrs
 import httpx
+from support.kafka_tools import KafkaTools
+from support.services import ServiceHandle, Services, Spawn
 
 from actors.runtime.settings import SETTINGS
-
-from .conftest import KafkaTools, ServiceHandle, Services, Spawn
 
 DEFAULTS = {setting.variable: setting.default for setting in SETTINGS}
 MAX_BODY_BYTES = int(DEFAULTS["MAX_BODY_BYTES"])

@@ -19,8 +19,8 @@ import h2.config
 import h2.connection
 import h2.events
 import pytest
-
-from .conftest import ServiceProcess, Services, Spawn, spawn_module, wait_until
+from support.services import ServiceProcess, Services, Spawn, spawn_module
+from support.waiting import wait_until
 
 #: Connections held idle at once in the descriptor test.
 IDLE_CONNECTIONS = 5000
@@ -191,7 +191,7 @@ def test_accept_errors_at_the_descriptor_limit_are_logged_at_most_once_a_second(
     and answers again once connections close."""
     app = spawn_module(
         service,
-        "tests.integration.few_descriptors_service",
+        "tests.support.few_descriptors_service",
         env={"DESCRIPTOR_LIMIT": "256", "HTTP_MAX_CONNECTIONS": "1000"},
     )
     app.drop_connections()

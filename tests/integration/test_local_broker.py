@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import signal
 
-from .conftest import Spawn, wait_until
+from support.services import Spawn
+from support.waiting import wait_until
 
 
 def _running(pid: int) -> bool:

@@ -1,31 +1,31 @@
 """Broker outages: the path between the service and a live broker is cut, then restored.
 
-The broker keeps running behind a :class:`~tests.integration.proxy.TcpProxy` (its in-memory
-data survives); the real service process talks to it through the proxy, and an independent
-client reads the topic back through the proxy once it forwards again. The promise: during an
-outage the service answers quickly (``503`` with ``Retry-After``, never a hang), never answers
-``201`` for an event that is not on the topic, sheds load instead of growing, and recovers by
-itself.
+The broker (of the suite's kind, ``TEST_BROKER``) keeps running behind a
+:class:`~tests.support.proxy.TcpProxy` (its data survives); the real service process talks to it
+through the proxy, and an independent client reads the topic back through the proxy once it
+forwards again. The promise: during an outage the service answers quickly (``503`` with
+``Retry-After``, never a hang), never answers ``201`` for an event that is not on the topic,
+sheds load instead of growing, and recovers by itself.
 """
 
 from __future__ import annotations
 
 import json
-import statistics
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import attrs
 import httpx
 from confluent_kafka.admin import AdminClient
+from support.events import unique_user
+from support.faults import ProxiedBroker
+from support.services import ServiceProcess, Spawn, rss_bytes
+from support.traffic import Outcome, figures, post_until
+from support.waiting import wait_until
 
 from actors.devtools.local_broker import free_port, start_local_broker
-
-from .conftest import ProxiedBroker, ServiceProcess, Spawn, rss_bytes, wait_until
-from .test_service import unique_user
 
 PUBLISH_TIMEOUT = 2.0
 
@@ -37,48 +37,6 @@ OUTAGE_SETTINGS = {
 
 #: What a POST may take beyond the publish timeout: scheduling and HTTP on a busy 2-core box.
 MARGIN = 0.5
-
-
-@attrs.frozen
-class Outcome:
-    """One POST /events/generate: when it started and ended, and what came back."""
-
-    started: float
-    ended: float
-    status: int
-    event_id: str | None
-    retry_after: str | None
-
-    @property
-    def seconds(self) -> float:
-        return self.ended - self.started
-
-
-def post(client: httpx.Client) -> Outcome:
-    """POST one valid event; any status is returned, a transport error or timeout raises."""
-    started = time.monotonic()
-    response = client.post("/events/generate", json={"userId": unique_user(), "eventType": "LOGIN"})
-    ended = time.monotonic()
-    event_id = response.json()["eventId"] if response.status_code == 201 else None
-    return Outcome(
-        started, ended, response.status_code, event_id, response.headers.get("Retry-After")
-    )
-
-
-def post_until(client: httpx.Client, stop: threading.Event, outcomes: list[Outcome]) -> None:
-    """POST one event after another until ``stop`` is set (list appends are thread-safe)."""
-    while not stop.is_set():
-        outcomes.append(post(client))
-
-
-def figures(seconds: Iterable[float]) -> str:
-    values = sorted(seconds)
-    if not values:
-        return "none"
-    return (
-        f"n={len(values)} min={values[0]:.3f} s median={statistics.median(values):.3f} s "
-        f"max={values[-1]:.3f} s"
-    )
 
 
 def degraded_health(app: ServiceProcess) -> dict[str, Any] | None:

@@ -15,18 +15,18 @@ from typing import Any
 
 import attrs
 import pytest
-from confluent_kafka import (
-    ConsumerGroupTopicPartitions,
-    Message,
-)
-from confluent_kafka.admin import AdminClient
-
-from .conftest import Broker, KafkaTools, ServiceProcess, Spawn, wait_until
-from .test_service import encode, make_event, unique_user
+from confluent_kafka import Message
+from support.brokers import Broker
+from support.events import encode, make_event, unique_user
+from support.kafka_tools import KafkaTools, committed_offsets, header_dict
+from support.services import ServiceProcess, Spawn
+from support.waiting import wait_until
 
 #: Bigger than librdkafka's default ``message.max.bytes`` (1 000 000): the poison producer
-#: raises its own limit, and the broker must accept the record for the test to mean anything.
-ONE_MEGABYTE = 1024 * 1024
+#: raises its own limit, and the broker must accept the record for the test to mean anything:
+#: Apache Kafka's default broker limit (``message.max.bytes``, 1 048 588 bytes a batch) takes a
+#: record of 1 MB (10**6 bytes), not one of 1 MiB. Tansu enforces no limit.
+ONE_MEGABYTE = 1_000_000
 
 #: Far deeper than Python's recursion limit: the decoder must fail cleanly, not crash.
 DEEP_NESTING = 10_000
@@ -183,22 +183,6 @@ def wait_processed_while_healthy(app: ServiceProcess, event_id: str, timeout: fl
 
 def assignment_changes(app: ServiceProcess) -> list[dict[str, Any]]:
     return [line for line in app.log_lines() if line.get("msg") in ASSIGNMENT_CHANGES]
-
-
-def committed_offsets(bootstrap_servers: str, group: str, topic: str) -> dict[int, int]:
-    """The group's committed offset of each partition of ``topic``, read by an admin client."""
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
-    futures = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])
-    result = futures[group].result(timeout=10)
-    return {
-        tp.partition: tp.offset
-        for tp in result.topic_partitions
-        if tp.topic == topic and tp.error is None
-    }
-
-
-def header_dict(message: Message) -> dict[str, bytes]:
-    return {name: value for name, value in message.headers() or []}
 
 
 def check_dead_letters(

@@ -20,24 +20,17 @@ from typing import Any
 import attrs
 import httpx
 from confluent_kafka import Message
-
-from .conftest import (
-    Broker,
-    KafkaTools,
-    ServiceProcess,
-    Services,
-    Spawn,
-    committed_offsets,
-    spawn_module,
-    wait_until,
-)
-from .crashing_service import MARKER
-from .test_service import make_event, unique_user
+from support.brokers import Broker
+from support.crashing_service import MARKER
+from support.events import make_event, unique_user
+from support.kafka_tools import KafkaTools, committed_offsets
+from support.services import ServiceProcess, Services, Spawn, spawn_module
+from support.waiting import wait_until
 
 #: Errors a POST may meet once the server stopped accepting: refused, or closed under it.
 CLEAN_ERRORS = (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 
-CRASHING_SERVICE = "tests.integration.crashing_service"
+CRASHING_SERVICE = "tests.support.crashing_service"
 
 #: The partitions the service creates its topic with (KAFKA_TOPIC_PARTITIONS default).
 PARTITIONS = 3

@@ -2,41 +2,20 @@
 
 from __future__ import annotations
 
-import datetime
 import json
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 from confluent_kafka import Message
+from support.events import encode, make_event, unique_user
+from support.kafka_tools import KafkaTools
+from support.services import Services, Spawn
 
 from actors.devtools.local_broker import free_port
 
-from .conftest import KafkaTools, Services, Spawn
-
 FIELDS = {"eventId", "userId", "eventType", "timestamp", "payload"}
-
-
-def make_event(user_id: str, event_type: str = "LOGIN", **payload: Any) -> dict[str, Any]:
-    """A valid event as another producer would write it."""
-    now = datetime.datetime.now(datetime.UTC)
-    return {
-        "eventId": str(uuid.uuid4()),
-        "userId": user_id,
-        "eventType": event_type,
-        "timestamp": now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z",
-        "payload": payload,
-    }
-
-
-def encode(event: dict[str, Any]) -> bytes:
-    return json.dumps(event, separators=(",", ":")).encode()
-
-
-def unique_user() -> str:
-    return f"user-{uuid.uuid4().hex[:8]}"
 
 
 def test_posted_event_is_processed_unchanged(service: Services) -> None:

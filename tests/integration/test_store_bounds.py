@@ -9,9 +9,10 @@ import uuid
 from typing import Any
 
 import httpx
-
-from .conftest import KafkaTools, ServiceProcess, Spawn, rss_bytes, wait_until
-from .test_service import encode, make_event
+from support.events import encode, make_event
+from support.kafka_tools import KafkaTools
+from support.services import ServiceProcess, Spawn, rss_bytes
+from support.waiting import wait_until
 
 #: Events of about 33 KB each, ~100 MB in all: the listing the issue reported freezing the
 #: service, scaled down to what a test can produce in a few seconds.

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import shutil
+import sysconfig
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import attrs
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -366,3 +369,11 @@ def read_env_example(path: Path = ENV_EXAMPLE) -> list[EnvEntry]:
             raise ValueError(f"{path.name}:{number}: not NAME=value nor a comment: {raw!r}")
         previous = line
     return entries
+
+
+def console_script(name: str) -> str:
+    """The path of a console script installed by the test extra (next to this interpreter)."""
+    found = shutil.which(name, path=sysconfig.get_path("scripts")) or shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is not installed: pip install -e '.[test]'")
+    return found

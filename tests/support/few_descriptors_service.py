@@ -3,7 +3,7 @@ RLIMIT_NOFILE before ``python -m actors``'s entry point runs, as ``ulimit -n`` w
 
 Synopsis::
 
-    spawn_module(services, "tests.integration.few_descriptors_service",
+    spawn_module(services, "tests.support.few_descriptors_service",
                  env={"DESCRIPTOR_LIMIT": "256"})
 """
 
