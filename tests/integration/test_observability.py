@@ -16,11 +16,12 @@ from typing import Any
 import httpx
 from metric_samples import Scrape
 from monitoring_files import alert_rules, dashboard_expressions, metrics_used
+from support.kafka_tools import KafkaTools, header_dict
+from support.services import ServiceHandle, Services, Spawn
+from support.waiting import wait_until
 
 from actors.devtools.local_broker import free_port
 from actors.domain.events import utc_timestamp
-
-from .conftest import KafkaTools, ServiceHandle, Services, Spawn, wait_until
 
 P = "user_activity_"
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -148,7 +149,7 @@ def test_traceparent_and_request_id_reach_the_topic_and_the_consumer_log(
         topic, until=lambda read: any(event_id.encode() in (m.value() or b"") for m in read)
     )
     [message] = [m for m in messages if json.loads(m.value() or b"{}").get("eventId") == event_id]
-    headers = dict(message.headers() or [])
+    headers = header_dict(message)
     assert headers["traceparent"] == TRACEPARENT.encode()
     assert headers["x-request-id"] == b"trace-test-1"
 
@@ -180,7 +181,7 @@ def test_malformed_trace_headers_are_ignored_and_never_logged(
         topic, until=lambda read: any(event_id.encode() in (m.value() or b"") for m in read)
     )
     [message] = [m for m in messages if json.loads(m.value() or b"{}").get("eventId") == event_id]
-    assert dict(message.headers() or []) == {"x-request-id": new_id.encode()}
+    assert header_dict(message) == {"x-request-id": new_id.encode()}
     [line] = app.wait_for_logs(
         lambda line: line.get("msg") == "event consumed" and line.get("eventId") == event_id
     )

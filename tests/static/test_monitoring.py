@@ -9,7 +9,9 @@ promtool comes from ``scripts/ensure-promtool`` (Debian's prometheus package), w
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
+import sysconfig
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,6 @@ from actors.runtime.metrics import PREFIX, Metrics
 from actors.runtime.settings import SETTINGS
 
 from .container_files import interpolate, parse_listeners, read_compose, service_environment
-from .test_container_files import _tool
 
 PROMETHEUS_DIR = MONITORING / "prometheus"
 PROMETHEUS_CONFIG = PROMETHEUS_DIR / "prometheus.yml"
@@ -62,11 +63,20 @@ PANEL_TYPES = {"timeseries", "stat", "gauge", "table", "bargauge", "text"}
 GRID_COLUMNS = 24
 
 
+def promtool_path() -> str:
+    """promtool beside this interpreter (where scripts/ensure-promtool puts it) or on PATH."""
+    scripts = sysconfig.get_path("scripts")
+    found = shutil.which("promtool", path=scripts) or shutil.which("promtool")
+    if found is None:
+        pytest.fail("promtool is not installed: run scripts/ensure-promtool (scripts/test does)")
+    return found
+
+
 def promtool(
     *arguments: str | Path, cwd: Path = PROMETHEUS_DIR
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [_tool("promtool"), *map(str, arguments)],
+        [promtool_path(), *map(str, arguments)],
         cwd=cwd,
         capture_output=True,
         text=True,
