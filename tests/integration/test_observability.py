@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 from metric_samples import Scrape
 from monitoring_files import alert_rules, dashboard_expressions, metrics_used
+from support.faults import ProxiedBroker
 from support.kafka_tools import KafkaTools, header_dict
 from support.services import ServiceHandle, Services, Spawn
 from support.waiting import wait_until
@@ -214,3 +215,31 @@ def test_liveness_and_readiness_while_the_broker_is_missing(service: Services) -
     assert ready.status_code == 503
     assert ready.json() == {"status": "not ready"}
     assert scrape(app).value(f"{P}ready") == 0
+
+
+def test_an_outage_is_seen_in_the_probes_and_counted_as_timeouts(
+    process_control: Spawn, proxied_broker: ProxiedBroker
+) -> None:
+    """With the path to the broker cut, the process stays live but turns not ready, each POST
+    that times out is counted as a `timeout` failure, and readiness returns with the path."""
+    app = process_control(
+        env={"PUBLISH_TIMEOUT_MS": "1000"}, bootstrap_servers=proxied_broker.bootstrap_servers
+    )
+    app.post_event(user_id="before-the-cut")  # the producer id is acquired before the cut
+    before = scrape(app)
+    proxied_broker.proxy.cut()
+    try:
+        wait_until(lambda: app.http.get("/health/ready").status_code == 503, 15, what="not ready")
+        assert app.http.get("/health/live").status_code == 200
+        answers = [
+            app.http.post("/events/generate", json={"userId": "cut", "eventType": "LOGIN"})
+            for _ in range(3)
+        ]
+        assert [answer.status_code for answer in answers] == [503, 503, 503]
+        during = scrape(app)
+    finally:
+        proxied_broker.proxy.restore()
+    assert during.delta(before, f"{P}publish_failures_total", reason="timeout") == 3
+    assert during.delta(before, f"{P}events_published_total") == 0
+    assert during.value(f"{P}ready") == 0
+    wait_until(lambda: app.http.get("/health/ready").status_code == 200, 30, what="ready again")
