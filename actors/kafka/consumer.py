@@ -8,6 +8,14 @@ its own ``paused`` flag, and in the assign callback assigns the new partitions i
 pauses or resumes them to match. Pausing purges what librdkafka had fetched for the paused
 partitions and stops the fetcher; resuming fetches again from the record after the last one
 ``consume`` returned (librdkafka#2052), so nothing is skipped or read twice.
+
+Offsets are stored in two steps. :meth:`KafkaConsumer.store_offset` (trio's thread) only notes
+the next position per partition; the worker thread hands the noted positions to librdkafka
+(``store_offsets``) before each ``consume``, commit and close, and in the revoke callback before
+its commit. The actor handles records while the poll loop's ``consume`` runs in the worker
+thread, and a ``store_offsets`` call made meanwhile from trio's thread waits for that
+``consume`` to return (up to :data:`~actors.kafka.bridge.MAX_BLOCKING_SECONDS`), which would
+freeze every task of the service.
 """
 
 from __future__ import annotations
@@ -43,6 +51,8 @@ class KafkaConsumer:
         self._paused = False
         self._assignment: set[Partition] = set()
         self._revoked: set[Partition] = set()
+        # Next offset per partition, noted on trio's thread, handed over in the worker thread.
+        self._noted: dict[Partition, int] = {}
         self._consumer.subscribe(
             [topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
@@ -86,7 +96,7 @@ class KafkaConsumer:
         )
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._commit_now()
+        self._commit_now()  # what was handled of the revoked partitions is committed first
         self._forget(partitions)
         log_fields(log, logging.INFO, "partitions revoked", partitions=_describe(partitions))
 
@@ -101,6 +111,7 @@ class KafkaConsumer:
         self._assigned = False
 
     def _commit_now(self) -> None:
+        self._hand_over_offsets()
         try:
             self._consumer.commit(asynchronous=False)
         except KafkaException as error:
@@ -138,7 +149,7 @@ class KafkaConsumer:
     async def consume(self, max_messages: int, timeout: float) -> list[Record]:
         self._check_open("consume")
         messages = await self._bridge.call(
-            self._consumer.consume, max_messages, min(timeout, MAX_BLOCKING_SECONDS)
+            self._consume_now, max_messages, min(timeout, MAX_BLOCKING_SECONDS)
         )
         self._connectivity.raise_if_fatal()
         return [record for message in messages if (record := self._record(message))]
@@ -164,21 +175,35 @@ class KafkaConsumer:
             ),
         )
 
+    def _consume_now(self, max_messages: int, timeout: float) -> list[Message]:
+        self._hand_over_offsets()
+        return self._consumer.consume(max_messages, timeout)
+
     def store_offset(self, record: Record) -> None:
+        """Note ``record`` as handled; librdkafka gets the position in the worker thread, at
+        the next consume, commit or close (see the module's docstring)."""
         self._check_open("store_offset")
-        position = TopicPartition(record.topic, record.partition, record.offset + 1)
-        try:
-            self._consumer.store_offsets(offsets=[position])
-        except KafkaException as error:
-            # The partition was revoked meanwhile; its new owner will read the record again.
-            log_fields(
-                log,
-                logging.INFO,
-                "offset not stored",
-                partition=record.partition,
-                offset=record.offset,
-                reason=error.args[0].str(),
-            )
+        key = (record.topic, record.partition)
+        with self._lock:
+            self._noted[key] = max(self._noted.get(key, 0), record.offset + 1)
+
+    def _hand_over_offsets(self) -> None:
+        """Give librdkafka the noted positions (worker thread only, between client calls)."""
+        with self._lock:
+            noted, self._noted = self._noted, {}
+        for (topic, partition), offset in noted.items():
+            try:
+                self._consumer.store_offsets(offsets=[TopicPartition(topic, partition, offset)])
+            except KafkaException as error:
+                # The partition was revoked meanwhile; its new owner will read the record again.
+                log_fields(
+                    log,
+                    logging.INFO,
+                    "offset not stored",
+                    partition=partition,
+                    offset=offset - 1,
+                    reason=error.args[0].str(),
+                )
 
     async def commit(self) -> None:
         self._check_open("commit")

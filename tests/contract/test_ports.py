@@ -161,6 +161,33 @@ async def test_close_commits_what_was_stored(
     await second.close()
 
 
+async def test_store_offset_while_a_consume_waits_neither_blocks_nor_is_lost(
+    backend: Backend, clock: trio.abc.Clock | None, group: str
+) -> None:
+    """The actor stores offsets while its poll loop's consume() waits in the worker thread:
+    store_offset returns at once (a call into librdkafka from trio's thread would wait for that
+    consume and freeze every task), and the offset still reaches the next commit."""
+    producer = backend.producer()
+    await deliver(producer, values("w", 3), topic=backend.topic)
+    first, early = await ready_consumer(backend, group)
+    records = await consume_at_least(first, 3, early)
+    first.pause()  # the waiting consume() below gets nothing and lasts its whole timeout
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(first.consume, 100, 0.5)
+        await trio.sleep(0.1)  # that consume is under way
+        started = trio.current_time()
+        first.store_offset(records[0])
+        assert trio.current_time() - started < 0.05
+    await first.commit()
+    await first.close()
+
+    second, early = await ready_consumer(backend, group)
+    assert [record.value for record in await consume_at_least(second, 2, early)] == values("w", 3)[
+        1:
+    ]
+    await second.close()
+
+
 async def test_paused_member_gets_nothing_and_resumes_at_the_next_record(
     backend: Backend, clock: trio.abc.Clock | None, group: str
 ) -> None:
