@@ -32,7 +32,7 @@ import trio
 from trio_util import AsyncValue
 
 from actors.domain.events import Limits, MalformedEvent, UserEvent, decode_event
-from actors.domain.messages import Put, PutOutcome, StoreCommand, Stored
+from actors.domain.messages import Placed, Put, PutOutcome, StoreCommand, Stored
 from actors.domain.trace import TraceContext
 from actors.kafka.dead_letters import DeadLetterWriter
 from actors.kafka.ports import ClientStatistics, ConsumerPort, Partition, ProducerPort, Record
@@ -194,7 +194,7 @@ class _Consumer:
         except MalformedEvent as error:
             await self._reject(record, str(error))
             return
-        outcome = await self._put(event)
+        outcome = await self._put(event, Placed(partition=record.partition, offset=record.offset))
         stored = isinstance(outcome, Stored)
         self._metrics.event_consumed("stored" if stored else "duplicate")
         if stored:
@@ -214,9 +214,9 @@ class _Consumer:
             requestId=trace.request_id,
         )
 
-    async def _put(self, event: UserEvent) -> PutOutcome:
+    async def _put(self, event: UserEvent, source: Placed) -> PutOutcome:
         send, receive = trio.open_memory_channel[PutOutcome](1)
-        await self._store.send(Put(event=event, reply=send))
+        await self._store.send(Put(event=event, source=source, reply=send))
         with receive:
             return await receive.receive()
 

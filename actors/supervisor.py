@@ -3,12 +3,15 @@
 Start-up goes from the bottom of the dependency chain to the top, and shutdown in exactly the
 reverse order, which nested nurseries express directly::
 
-    store            <- consumer (Put)            <- HTTP (ReadEvents)
+    store            <- consumer (Put)            <- HTTP (ReadEvents, GetEvent, Subscribe)
+    idempotency      <- HTTP (Claim, Settle)
     publisher        <- HTTP (PublishRequest)
 
-    start:    store, HTTP (answering 503 until the rest runs), [topic], consumer, publisher
-    shutdown: HTTP stops intake (hypercorn's trigger), in-flight requests finish
-              -> publisher inbox closed: it drains, flushes, returns
+    start:    store, idempotency, HTTP (answering 503 until the rest runs), [topic], consumer,
+              publisher
+    shutdown: HTTP stops intake (hypercorn's trigger) and ends its event streams, in-flight
+              requests finish
+              -> idempotency and publisher inboxes closed: they drain; the publisher flushes
               -> consumer cancelled: it commits what the store confirmed, leaves the group
               -> store inbox closed: it drains and returns
 
@@ -26,9 +29,10 @@ import trio
 from trio_util import move_on_when
 
 from actors.consumer import run_consumer
-from actors.domain.messages import PublishRequest, StoreCommand
+from actors.domain.messages import LedgerCommand, PublishRequest, StoreCommand
 from actors.http.app import HttpOptions, create_app, run_http
 from actors.http.server import BindError, ServerOptions
+from actors.idempotency import run_idempotency_ledger
 from actors.kafka.ports import KafkaPorts
 from actors.kafka.topics import ensure_topics
 from actors.publisher import run_publisher
@@ -38,13 +42,13 @@ from actors.runtime.metrics import Metrics
 from actors.runtime.settings import KafkaSettings, Settings
 from actors.runtime.signals import watch_signals
 from actors.runtime.supervision import TooManyRestarts, innermost, supervise_actor
-from actors.store import run_store
+from actors.store import StreamOptions, run_store
 
 __all__ = ["ACTORS", "http_options", "run_service", "server_options", "supervise"]
 
 log = logging.getLogger(__name__)
 
-ACTORS = ("store", "consumer", "publisher", "http")
+ACTORS = ("store", "idempotency", "consumer", "publisher", "http")
 
 #: The actors restarted when they fail (the others end the service).
 RESTARTABLE = ("consumer", "publisher")
@@ -52,6 +56,10 @@ RESTARTABLE = ("consumer", "publisher")
 #: Room in the store's inbox; the consumer waits on each Put, so this only absorbs bursts of
 #: listings and puts arriving together.
 STORE_INBOX_SIZE = 64
+
+#: Room in the idempotency ledger's inbox: a claim and a settlement per keyed request in
+#: flight; a full inbox answers a keyed POST 503 at once.
+LEDGER_INBOX_SIZE = 256
 
 
 async def run_service(
@@ -82,9 +90,11 @@ async def run_service(
     publish_send, publish_receive = trio.open_memory_channel[PublishRequest](
         settings.publish.queue_size
     )
+    ledger_send, ledger_receive = trio.open_memory_channel[LedgerCommand](LEDGER_INBOX_SIZE)
     metrics.watch_health(health)
     metrics.watch_mailbox("store", store_send)
     metrics.watch_mailbox("publisher", publish_send)
+    metrics.watch_mailbox("idempotency", ledger_send)
     consumer = partial(
         run_consumer,
         open_consumer=ports.open_consumer,
@@ -113,6 +123,8 @@ async def run_service(
         store=store_send,
         health=health,
         options=http_options(settings),
+        ledger=ledger_send,
+        stopping=stop,
         metrics=metrics,
     )
     supervised = partial(
@@ -134,6 +146,23 @@ async def run_service(
                 health=health,
                 max_events=settings.store.max_events,
                 max_bytes=settings.store.max_bytes,
+                streams=StreamOptions(
+                    max_subscribers=settings.streams.max_subscribers,
+                    buffer_events=settings.streams.buffer_events,
+                ),
+            )
+        )
+        # The ledger's inbox is closed once HTTP stopped; it ends long before the store.
+        await store_nursery.start(
+            partial(
+                run_idempotency_ledger,
+                inbox=ledger_receive,
+                health=health,
+                max_keys=settings.idempotency.max_keys,
+                ttl=settings.idempotency.ttl_seconds,
+                # Longer than any request's publish deadline: a claim still in flight then
+                # lost its settlement, and stops blocking its key.
+                in_flight_limit=settings.publish.timeout + 10,
             )
         )
         async with trio.open_nursery() as consumer_nursery:
@@ -165,6 +194,7 @@ async def run_service(
                         log_fields(log, logging.INFO, "service started", binds=binds)
                 health.report("http", ActorState.STOPPED)
                 log_fields(log, logging.INFO, "shutdown: http stopped; draining publisher")
+                ledger_send.close()
                 publish_send.close()
             log_fields(log, logging.INFO, "shutdown: publisher done; stopping consumer")
             consumer_nursery.cancel_scope.cancel()
@@ -181,6 +211,7 @@ def http_options(settings: Settings) -> HttpOptions:
         max_body_bytes=settings.limits.max_body_bytes,
         max_listings=settings.http.max_listings,
         body_read_timeout=settings.http.body_read_seconds,
+        stream_lifetime=settings.streams.lifetime,
     )
 
 

@@ -34,6 +34,7 @@ import attrs
 
 __all__ = [
     "EVENT_TYPES",
+    "EventFilter",
     "InvalidRequest",
     "Limits",
     "MalformedEvent",
@@ -42,6 +43,7 @@ __all__ = [
     "decode_event",
     "event_from_request",
     "new_event",
+    "restamp",
     "utc_timestamp",
 ]
 
@@ -186,6 +188,22 @@ def _make(
         timestamp=timestamp,
         payload=payload,
         encoded=_encode(event_id, user_id, event_type, timestamp, payload_bytes),
+    )
+
+
+def restamp(event: UserEvent, *, event_id: str, timestamp: str) -> UserEvent:
+    """``event`` with another identity: what an earlier request with the same body was given.
+
+    A replayed idempotent request answers with the event it created then, whose fields other
+    than these two follow from the (identical) body.
+    """
+    return _make(
+        event_id=event_id,
+        user_id=event.user_id,
+        event_type=event.event_type,
+        timestamp=timestamp,
+        payload=event.payload,
+        payload_bytes=None,
     )
 
 
@@ -373,6 +391,57 @@ def _encode(
         f'"eventType":{_compact(event_type)},"timestamp":{_compact(timestamp)},"payload":'
     )
     return head.encode() + payload_bytes + b"}"
+
+
+#: Where ``"userId":`` starts in every canonical encoding: after ``{"eventId":"``, the 36
+#: characters of a canonical UUID (both doors require one) and ``",``.
+_USER_ID_AT = len('{"eventId":"') + 36 + len('",')
+
+_EVENT_TYPE_FIELD = b',"eventType":'
+
+
+@attrs.frozen
+class EventFilter:
+    """Which events a listing or a stream wants: one userId, one eventType, or both.
+
+    It reads the canonical encoding instead of decoding it, so a store can filter its bytes
+    without keeping anything per event: ``"userId"`` always starts at the same offset, and the
+    first ``,"eventType":`` after it is the field itself, because inside the userId's JSON
+    string every quote is escaped.
+
+    Synopsis::
+
+        wanted = EventFilter(user_id="u1", event_type="LOGIN")
+        wanted.matches(event.encoded)      # True for u1's LOGIN events
+    """
+
+    user_id: str | None = None
+    event_type: str | None = None
+    _user_field: bytes | None = attrs.field(init=False, repr=False, eq=False)
+    _type_field: bytes | None = attrs.field(init=False, repr=False, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        user = None if self.user_id is None else f'"userId":{_compact(self.user_id)},'
+        kind = None if self.event_type is None else f"{_compact(self.event_type)},"
+        object.__setattr__(self, "_user_field", None if user is None else user.encode())
+        object.__setattr__(
+            self,
+            "_type_field",
+            None if kind is None else _EVENT_TYPE_FIELD + kind.encode(),
+        )
+
+    @property
+    def everything(self) -> bool:
+        return self.user_id is None and self.event_type is None
+
+    def matches(self, encoded: bytes) -> bool:
+        """Whether the event with this canonical encoding is wanted."""
+        if self._user_field is not None and not encoded.startswith(self._user_field, _USER_ID_AT):
+            return False
+        if self._type_field is None:
+            return True
+        at = encoded.find(_EVENT_TYPE_FIELD, _USER_ID_AT)
+        return at >= 0 and encoded.startswith(self._type_field, at)
 
 
 def _payload_bytes(payload: Mapping[str, Any]) -> bytes:

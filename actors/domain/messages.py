@@ -6,7 +6,9 @@ responder answers with :func:`reply` and never blocks, whether or not the caller
 Mailboxes:
 
 - publisher inbox: :class:`PublishRequest`, answered with a :data:`PublishOutcome`.
-- store inbox: :data:`StoreCommand` (:class:`Put` or :class:`ReadEvents`).
+- store inbox: :data:`StoreCommand` (:class:`Put`, :class:`ReadEvents`, :class:`GetEvent` or
+  :class:`Subscribe`).
+- idempotency ledger inbox: :data:`LedgerCommand` (:class:`Claim` or :class:`Settle`).
 """
 
 from __future__ import annotations
@@ -17,12 +19,22 @@ from typing import Literal, TypeVar
 import attrs
 import trio
 
-from actors.domain.events import UserEvent
+from actors.domain.events import EventFilter, UserEvent
 from actors.domain.trace import TraceContext
 
 __all__ = [
+    "Claim",
+    "ClaimOutcome",
+    "Claimed",
     "Duplicate",
+    "EventNotFound",
     "EventsPage",
+    "FoundEvent",
+    "GetEvent",
+    "InFlight",
+    "KeyReused",
+    "LedgerCommand",
+    "LedgerFull",
     "Placed",
     "PublishFailed",
     "PublishFailureKind",
@@ -31,8 +43,15 @@ __all__ = [
     "Put",
     "PutOutcome",
     "ReadEvents",
+    "Replay",
+    "Settle",
     "StoreCommand",
     "Stored",
+    "StreamedEvent",
+    "Subscribe",
+    "SubscribeOutcome",
+    "Subscribed",
+    "TooManySubscribers",
     "reply",
 ]
 
@@ -109,9 +128,14 @@ PutOutcome = Stored | Duplicate
 
 @attrs.frozen(kw_only=True)
 class Put:
-    """Store ``event`` unless its eventId is already stored."""
+    """Store ``event`` unless its eventId is already stored.
+
+    ``source`` is where the consumer read it (partition and offset), kept for
+    :class:`GetEvent`; ``None`` when unknown.
+    """
 
     event: UserEvent
+    source: Placed | None = None
     reply: trio.MemorySendChannel[PutOutcome] = attrs.field(eq=False)
 
 
@@ -128,6 +152,8 @@ class EventsPage:
     next: int
     #: The position after the newest event when the listing began: the listing ends there.
     end: int
+    #: The position of each event in ``events``.
+    positions: tuple[int, ...] = ()
 
     @property
     def last(self) -> bool:
@@ -139,16 +165,137 @@ class ReadEvents:
     """Reply with an :class:`EventsPage` of at most ``max_bytes`` (never fewer than one event).
 
     ``start=None`` begins at the oldest event still held; ``end=None`` ends at the newest one
-    now. Events evicted since ``start`` was handed out are skipped.
+    now. Events evicted since ``start`` was handed out are skipped. At most ``limit`` events
+    (``None``: no count bound), only those ``wanted`` lets through; a filtered read looks at a
+    bounded number of events, so its page may be short, or empty, before its end.
     """
 
     start: int | None = None
     end: int | None = None
     max_bytes: int
+    limit: int | None = None
+    wanted: EventFilter = attrs.field(factory=EventFilter)
     reply: trio.MemorySendChannel[EventsPage] = attrs.field(eq=False)
 
 
-StoreCommand = Put | ReadEvents
+@attrs.frozen(kw_only=True)
+class FoundEvent:
+    """A stored event, with where the consumer read it (``-1`` when that is unknown)."""
+
+    encoded: bytes
+    position: int
+    partition: int
+    offset: int
+
+
+@attrs.frozen
+class EventNotFound:
+    """No event with this eventId is held: never consumed here, or already evicted."""
+
+
+@attrs.frozen(kw_only=True)
+class GetEvent:
+    """Reply with the stored event whose eventId is ``event_id``."""
+
+    event_id: str
+    reply: trio.MemorySendChannel[FoundEvent | EventNotFound] = attrs.field(eq=False)
+
+
+@attrs.frozen(kw_only=True)
+class StreamedEvent:
+    """One newly stored event, sent to a stream subscriber."""
+
+    position: int
+    encoded: bytes
+
+
+@attrs.frozen(kw_only=True)
+class Subscribed:
+    """Events stored from ``live_from`` on arrive on ``events``, those ``wanted`` lets through.
+
+    The channel is bounded; a subscriber that lets it fill up is dropped (the store closes its
+    end), so a slow reader never holds the store up. Older events are read with
+    :class:`ReadEvents` up to ``live_from``, which makes the two parts meet without a gap.
+    """
+
+    events: trio.MemoryReceiveChannel[StreamedEvent]
+    live_from: int
+
+
+@attrs.frozen(kw_only=True)
+class TooManySubscribers:
+    """``limit`` subscriptions are open already."""
+
+    limit: int
+
+
+SubscribeOutcome = Subscribed | TooManySubscribers
+
+
+@attrs.frozen(kw_only=True)
+class Subscribe:
+    """Open a subscription to newly stored events."""
+
+    wanted: EventFilter = attrs.field(factory=EventFilter)
+    reply: trio.MemorySendChannel[SubscribeOutcome] = attrs.field(eq=False)
+
+
+StoreCommand = Put | ReadEvents | GetEvent | Subscribe
+
+
+# --- idempotency ledger inbox ----------------------------------------------------------------
+
+
+@attrs.frozen
+class Claimed:
+    """The key is new: the caller handles the request, then :class:`Settle` s it."""
+
+
+@attrs.frozen(kw_only=True)
+class Replay:
+    """The key's first request succeeded and created this event; answer as it was answered."""
+
+    event_id: str
+    timestamp: str
+
+
+@attrs.frozen
+class InFlight:
+    """The key's first request is still being handled (409)."""
+
+
+@attrs.frozen
+class KeyReused:
+    """The key was used with another body (422)."""
+
+
+@attrs.frozen
+class LedgerFull:
+    """Every remembered key belongs to a request still in flight; no room for one more (503)."""
+
+
+ClaimOutcome = Claimed | Replay | InFlight | KeyReused | LedgerFull
+
+
+@attrs.frozen(kw_only=True)
+class Claim:
+    """Claim ``key`` for a request whose body has the digest ``fingerprint``."""
+
+    key: str
+    fingerprint: bytes
+    reply: trio.MemorySendChannel[ClaimOutcome] = attrs.field(eq=False)
+
+
+@attrs.frozen(kw_only=True)
+class Settle:
+    """The claimed request for ``key`` ended: ``created`` is its event when it answered 201
+    (remember it), ``None`` when it failed (forget the key: a retry is a new attempt)."""
+
+    key: str
+    created: Replay | None
+
+
+LedgerCommand = Claim | Settle
 
 
 # --- request/reply helpers -------------------------------------------------------------------

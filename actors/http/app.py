@@ -1,9 +1,11 @@
 """The HTTP actor: a quart-trio app, served by hypercorn's protocol code behind our own accept
 loop (:mod:`actors.http.server`).
 
-It holds no events itself. ``POST /events/generate`` builds the event and asks the publisher,
-``GET /events/processed`` asks the store, ``GET /health`` (and ``/health/live``,
-``/health/ready``) reads the shared health record, ``GET /metrics`` the service's metrics. Every
+It holds no events itself. ``POST /events/generate`` builds the event and asks the publisher
+(and, with an ``Idempotency-Key``, the idempotency ledger first), ``GET /events/processed``
+asks the store, ``GET /health`` (and ``/health/live``, ``/health/ready``) reads the shared
+health record, ``GET /metrics`` the service's metrics. The routes that read single
+events, pages and the live stream are in :mod:`actors.http.event_routes`. Every
 answer the app gives, errors included, is JSON; no stack trace ever reaches a client (what h11
 rejects before the app sees a request gets hypercorn's empty-bodied 400/431/501, see README).
 
@@ -14,7 +16,6 @@ an unconfirmed publish becomes ``503`` with ``Retry-After`` at once.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import weakref
@@ -27,30 +28,59 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, RequestTimeout
 
-from actors.domain.events import InvalidRequest, Limits, UserEvent, event_from_request
+from actors.domain.events import (
+    EventFilter,
+    InvalidRequest,
+    Limits,
+    Problem,
+    UserEvent,
+    event_from_request,
+    restamp,
+)
 from actors.domain.messages import (
+    Claimed,
     EventsPage,
+    InFlight,
+    KeyReused,
+    LedgerCommand,
     Placed,
     PublishFailed,
     PublishOutcome,
     PublishRequest,
     ReadEvents,
+    Replay,
     StoreCommand,
 )
 from actors.domain.trace import REQUEST_ID_HEADER, TRACEPARENT_HEADER, TraceContext
+from actors.http.answers import COMPACT, error_response, invalid_request, json_response
+from actors.http.event_routes import (
+    STORE_QUERY_SECONDS,
+    StoreUnavailable,
+    add_event_routes,
+    paged_listing,
+)
+from actors.http.idempotent import claim_key, fingerprint, settle_key
 from actors.http.openapi import openapi_document
+from actors.http.queries import idempotency_key, is_plain_listing, listing_query
 from actors.http.server import ServerOptions, serve_http
+from actors.http.stream import KEEP_ALIVE_SECONDS
 from actors.runtime.health import ActorState, Health
 from actors.runtime.logs import log_fields
 from actors.runtime.metrics import CONTENT_TYPE, Metrics
 
-__all__ = ["HttpOptions", "ServerOptions", "create_app", "run_http"]
+__all__ = [
+    "COMPACT",
+    "STORE_QUERY_SECONDS",
+    "HttpOptions",
+    "ServerOptions",
+    "create_app",
+    "error_response",
+    "json_response",
+    "run_http",
+]
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("actors.http.access")
-
-#: How long a listing may wait for the store before the request fails with 503.
-STORE_QUERY_SECONDS = 5.0
 
 #: Most JSON bytes a listing asks the store for at once, and so about the size of each chunk
 #: of the response: small enough that a page is built in microseconds, large enough that
@@ -58,9 +88,6 @@ STORE_QUERY_SECONDS = 5.0
 LISTING_CHUNK_BYTES = 128 * 1024
 
 _JSON_TYPES = ("application/json",)
-
-#: ``json.dumps`` separators without spaces.
-COMPACT = (",", ":")
 
 
 @attrs.frozen(kw_only=True)
@@ -75,20 +102,10 @@ class HttpOptions:
     max_body_bytes: int
     max_listings: int
     body_read_timeout: float
-
-
-def json_response(
-    body: bytes | dict[str, Any] | list[Any], status: int, headers: dict[str, str] | None = None
-) -> Response:
-    # Compact, like the event bodies (events.py): one JSON style in every answer.
-    data = body if isinstance(body, bytes) else json.dumps(body, separators=COMPACT).encode()
-    return Response(data, status=status, mimetype="application/json", headers=headers)
-
-
-def error_response(
-    status: int, error: str, message: str, *, headers: dict[str, str] | None = None, **extra: Any
-) -> Response:
-    return json_response({"error": error, "message": message, **extra}, status, headers)
+    #: Seconds after which an event stream is closed (the client resumes it).
+    stream_lifetime: float
+    #: Seconds between keep-alive comments on an idle event stream (15 s, not a setting).
+    stream_keep_alive: float = KEEP_ALIVE_SECONDS
 
 
 def create_app(
@@ -97,19 +114,19 @@ def create_app(
     store: trio.MemorySendChannel[StoreCommand],
     health: Health,
     options: HttpOptions,
+    ledger: trio.MemorySendChannel[LedgerCommand] | None = None,
+    stopping: trio.Event | None = None,
     metrics: Metrics | None = None,
 ) -> QuartTrio:
     """The ASGI app; it reaches the other actors only through the channel ends given here.
 
-    Every request is counted and timed in ``metrics``, and so is each publish outcome.
+    ``ledger`` is the idempotency ledger's inbox (without one, a request carrying an
+    ``Idempotency-Key`` gets 503); ``stopping`` is set when the service shuts down, which ends
+    every event stream at once. Every request is counted and timed in ``metrics``, and so is
+    each publish outcome.
     """
     app = QuartTrio(__name__)
     metrics = metrics or Metrics()
-    # NOTE: the size limit is enforced while reading (_read_body), not by quart's
-    # MAX_CONTENT_LENGTH, which answers 413 before the body has arrived (see _read_body).
-    app.config["MAX_CONTENT_LENGTH"] = None
-    retry_after = {"Retry-After": str(max(1, math.ceil(options.publish_timeout)))}
-    listings = _Listings(options.max_listings)
 
     @app.before_request
     async def begin_request() -> None:
@@ -117,6 +134,82 @@ def create_app(
         g.started = trio.current_time()
         g.trace = TraceContext.from_http(
             request.headers.get(TRACEPARENT_HEADER), request.headers.get(REQUEST_ID_HEADER)
+        )
+
+    # NOTE: the size limit is enforced while reading (_read_body), not by quart's
+    # MAX_CONTENT_LENGTH, which answers 413 before the body has arrived (see _read_body).
+    app.config["MAX_CONTENT_LENGTH"] = None
+    retry_after = {"Retry-After": str(max(1, math.ceil(options.publish_timeout)))}
+    listings = _Listings(options.max_listings)
+    add_event_routes(
+        app,
+        store=store,
+        limits=options.limits,
+        stopping=trio.Event() if stopping is None else stopping,
+        keep_alive=options.stream_keep_alive,
+        stream_lifetime=options.stream_lifetime,
+    )
+
+    async def publish_answer(event: UserEvent) -> tuple[Response, Replay | None]:
+        """Publish ``event``: the answer, and what an idempotent repeat must replay (``None``
+        unless it is a 201)."""
+        if health.state("publisher").value is ActorState.STARTING:
+            # Not yet connected (or never, with no broker): say so now rather than at the
+            # deadline. Requests queued meanwhile would only expire in the inbox.
+            reason = health.detail("publisher") or "the publisher is starting"
+            metrics.publish_failed("unavailable")
+            return error_response(503, "publish_unavailable", reason, headers=retry_after), None
+        handed_over = trio.current_time()
+        outcome = await _publish(publish, event, options.publish_timeout, g.trace)
+        _record_publish(metrics, outcome, trio.current_time() - handed_over)
+        match outcome:
+            case Placed():
+                created = Replay(event_id=event.event_id, timestamp=event.timestamp)
+                return json_response(event.to_json(), 201), created
+            case PublishFailed(retriable=True, reason=reason):
+                response = error_response(503, "publish_unavailable", reason, headers=retry_after)
+                return response, None
+            case PublishFailed(reason=reason):
+                return error_response(500, "publish_failed", reason), None
+        raise AssertionError(f"unexpected publish outcome {outcome!r}")
+
+    async def publish_once(key: str, body: bytes, event: UserEvent) -> Response:
+        """Publish unless ``key`` was answered with a 201 for this body (replay that)."""
+        if ledger is None:
+            return error_response(
+                503, "idempotency_unavailable", "idempotency keys are not available"
+            )
+        claim = await claim_key(ledger, key, fingerprint(body))
+        match claim:
+            case Claimed():
+                # NOTE: shielded (and bounded by the publish deadline) so that the outcome is
+                # recorded even if the client leaves: a publish that reached the broker must
+                # be remembered, or the client's retry would publish the event twice.
+                with trio.CancelScope(shield=True):
+                    response, created = await publish_answer(event)
+                    await settle_key(ledger, key, created)
+                return response
+            case Replay(event_id=event_id, timestamp=timestamp):
+                replayed = restamp(event, event_id=event_id, timestamp=timestamp)
+                return json_response(replayed.to_json(), 201, {"Idempotent-Replayed": "true"})
+            case InFlight():
+                return error_response(
+                    409,
+                    "request_in_progress",
+                    "a request with this Idempotency-Key is still being handled",
+                    headers=retry_after,
+                )
+            case KeyReused():
+                return error_response(
+                    422,
+                    "idempotency_key_reused",
+                    "this Idempotency-Key was used with another request body",
+                )
+        return error_response(
+            503,
+            "idempotency_unavailable",
+            "too many idempotent requests in flight",
+            headers={"Retry-After": "1"},
         )
 
     @app.post("/events/generate")
@@ -132,33 +225,34 @@ def create_app(
             return error_response(
                 415, "unsupported_media_type", "Content-Type must be application/json"
             )
+        header_problems: list[Problem] = []
+        key = idempotency_key(request.headers.getlist("Idempotency-Key"), header_problems)
         try:
             event = event_from_request(body, options.limits)
         except InvalidRequest as invalid:
-            problems = [attrs.asdict(problem) for problem in invalid.problems]
+            problems = [attrs.asdict(problem) for problem in [*header_problems, *invalid.problems]]
             return error_response(
                 400, "invalid_request", "the event is not valid", problems=problems
             )
-        if health.state("publisher").value is ActorState.STARTING:
-            # Not yet connected (or never, with no broker): say so now rather than at the
-            # deadline. Requests queued meanwhile would only expire in the inbox.
-            reason = health.detail("publisher") or "the publisher is starting"
-            metrics.publish_failed("unavailable")
-            return error_response(503, "publish_unavailable", reason, headers=retry_after)
-        handed_over = trio.current_time()
-        outcome = await _publish(publish, event, options.publish_timeout, g.trace)
-        _record_publish(metrics, outcome, trio.current_time() - handed_over)
-        match outcome:
-            case Placed():
-                return json_response(event.to_json(), 201)
-            case PublishFailed(retriable=True, reason=reason):
-                return error_response(503, "publish_unavailable", reason, headers=retry_after)
-            case PublishFailed(reason=reason):
-                return error_response(500, "publish_failed", reason)
-        raise AssertionError(f"unexpected publish outcome {outcome!r}")
+        if header_problems:
+            return invalid_request(InvalidRequest(header_problems), "the request is not valid")
+        if key is not None:
+            return await publish_once(key, body, event)
+        response, _ = await publish_answer(event)
+        return response
 
     @app.get("/events/processed")
     async def processed_events() -> Response:
+        wanted = EventFilter()
+        start = None
+        if not is_plain_listing(arguments := request.args.to_dict(flat=False)):
+            try:
+                query = listing_query(arguments, options.limits)
+            except InvalidRequest as invalid:
+                return invalid_request(invalid, "the listing parameters are not valid")
+            if query.limit is not None:
+                return await paged_listing(store, query, query.limit)
+            wanted, start = query.wanted, query.start
         if listings.full:
             return error_response(
                 503,
@@ -167,7 +261,7 @@ def create_app(
                 headers={"Retry-After": "1"},
             )
         try:
-            first = await _read_page(store)
+            first = await _read_page(store, start, wanted=wanted)
         except StoreUnavailable:
             return error_response(
                 503,
@@ -175,7 +269,8 @@ def create_app(
                 "the store did not answer in time",
                 headers={"Retry-After": "1"},
             )
-        return Response(listings.open(_listing_chunks(store, first)), mimetype="application/json")
+        body = _listing_chunks(store, first, wanted)
+        return Response(listings.open(body), mimetype="application/json")
 
     @app.get("/health")
     async def health_check() -> Response:
@@ -337,20 +432,23 @@ async def _publish(
     return PublishFailed(reason="the broker did not confirm the event in time", retriable=True)
 
 
-class StoreUnavailable(Exception):
-    """The store did not answer within :data:`STORE_QUERY_SECONDS`."""
-
-
 async def _read_page(
-    store: trio.MemorySendChannel[StoreCommand], start: int | None = None, end: int | None = None
+    store: trio.MemorySendChannel[StoreCommand],
+    start: int | None = None,
+    end: int | None = None,
+    *,
+    wanted: EventFilter,
 ) -> EventsPage:
-    """One page of the store, from ``start`` (default: the oldest) up to ``end`` (the newest).
+    """One page of the store, from ``start`` (default: the oldest) up to ``end`` (the newest),
+    of the events ``wanted`` lets through.
 
     Raises:
         StoreUnavailable: no answer within :data:`STORE_QUERY_SECONDS`.
     """
     send, receive = trio.open_memory_channel[EventsPage](1)
-    request = ReadEvents(start=start, end=end, max_bytes=LISTING_CHUNK_BYTES, reply=send)
+    request = ReadEvents(
+        start=start, end=end, max_bytes=LISTING_CHUNK_BYTES, wanted=wanted, reply=send
+    )
     with trio.move_on_after(STORE_QUERY_SECONDS):
         await store.send(request)
         with receive:
@@ -359,7 +457,7 @@ async def _read_page(
 
 
 async def _listing_chunks(
-    store: trio.MemorySendChannel[StoreCommand], page: EventsPage
+    store: trio.MemorySendChannel[StoreCommand], page: EventsPage, wanted: EventFilter
 ) -> AsyncGenerator[bytes, None]:
     """The JSON array of the events stored when the listing began, one store page per chunk.
 
@@ -381,9 +479,10 @@ async def _listing_chunks(
             parts.append(b"]")
             yield b"".join(parts)
             return
-        yield b"".join(parts)
+        if parts:  # a filtered page may hold nothing
+            yield b"".join(parts)
         parts = []
-        page = await _read_page(store, page.next, page.end)
+        page = await _read_page(store, page.next, page.end, wanted=wanted)
 
 
 class _Listings:

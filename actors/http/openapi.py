@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from actors.domain.events import Limits
+from actors.http.queries import IDEMPOTENCY_KEY_MAX, MAX_PAGE_LIMIT
 
 __all__ = ["openapi_document"]
 
@@ -82,6 +83,124 @@ def _status_answer(description: str) -> dict[str, Any]:
     }
 
 
+def _filters(limits: Limits) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": "userId",
+            "in": "query",
+            "required": False,
+            "description": "Only this user's events.",
+            "schema": {"type": "string", "minLength": 1, "maxLength": limits.max_user_id_length},
+        },
+        {
+            "name": "eventType",
+            "in": "query",
+            "required": False,
+            "description": "Only events of this type.",
+            "schema": {"type": "string", "enum": sorted(limits.event_types)},
+        },
+    ]
+
+
+def _listing_parameters(limits: Limits) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": "limit",
+            "in": "query",
+            "required": False,
+            "description": f"At most this many events (1 to {MAX_PAGE_LIMIT}); the answer "
+            'then carries a Link header (rel="next") while more may follow. Without any of '
+            "these parameters the answer is every event held.",
+            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_LIMIT},
+        },
+        {
+            "name": "after",
+            "in": "query",
+            "required": False,
+            "description": "An opaque cursor from a Link header: where the page starts. It "
+            "stays valid while events are added and evicted.",
+            "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{11}$"},
+        },
+        *_filters(limits),
+    ]
+
+
+def _event_paths(limits: Limits) -> dict[str, Any]:
+    """``GET /events/{eventId}``, ``GET /events/stream`` and the live page."""
+    bad_request = _error("A parameter is not valid; problems lists each one")
+    unavailable = _error("The store did not answer in time", retry_after=True)
+    return {
+        "/events/{eventId}": {
+            "get": {
+                "summary": "One processed event, with the partition and offset it was read from",
+                "parameters": [
+                    {
+                        "name": "eventId",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "format": "uuid", "pattern": _UUID},
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "This instance processed the event",
+                        "content": {
+                            _JSON: {"schema": {"$ref": "#/components/schemas/EventStatus"}}
+                        },
+                    },
+                    "400": _error("The eventId is not a UUID"),
+                    "404": _error("This instance holds no event with this eventId"),
+                    "503": unavailable,
+                },
+            }
+        },
+        "/events/stream": {
+            "get": {
+                "summary": "Newly stored events as Server-Sent Events",
+                "description": "Each message: `id:` the event's store position, `data:` its "
+                "JSON. A comment line every 15 s while idle. A subscriber that falls "
+                "behind by the buffer's size is disconnected and resumes with Last-Event-ID.",
+                "parameters": [
+                    *_filters(limits),
+                    {
+                        "name": "Last-Event-ID",
+                        "in": "header",
+                        "required": False,
+                        "description": "Resume after the event with this id, without a gap.",
+                        "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"},
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The stream",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    },
+                    "400": bad_request,
+                    "503": _error(
+                        "Too many streams are open, or the store did not answer in time",
+                        retry_after=True,
+                    ),
+                },
+            }
+        },
+        "/": {
+            "get": {
+                "summary": "The live page: send events, see counts, the live tail and health",
+                "responses": {
+                    "200": {
+                        "description": "An HTML page",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+    }
+
+
+#: A canonical (lowercase) UUID.
+_UUID = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+
+
 def openapi_document(limits: Limits, *, max_body_bytes: int) -> dict[str, Any]:
     event_types = sorted(limits.event_types)
     user_event = {
@@ -122,7 +241,24 @@ def openapi_document(limits: Limits, *, max_body_bytes: int) -> dict[str, Any]:
             "/events/generate": {
                 "post": {
                     "summary": "Publish a user-activity event to Kafka",
-                    "parameters": _trace_headers(),
+                    "parameters": [
+                        {
+                            "name": "Idempotency-Key",
+                            "in": "header",
+                            "required": False,
+                            "description": "Retry safely: a repeat with the same key and body "
+                            "after a 201 answers that 201 again (same eventId and timestamp) "
+                            "and publishes nothing. Remembered per process, for "
+                            "IDEMPOTENCY_TTL_SECONDS, up to IDEMPOTENCY_MAX_KEYS keys.",
+                            "schema": {
+                                "type": "string",
+                                "minLength": 1,
+                                "maxLength": IDEMPOTENCY_KEY_MAX,
+                                "pattern": "^[!-~]+$",
+                            },
+                        },
+                        *_trace_headers(),
+                    ],
                     "requestBody": {
                         "required": True,
                         "content": {_JSON: {"schema": {"$ref": "#/components/schemas/NewEvent"}}},
@@ -130,13 +266,26 @@ def openapi_document(limits: Limits, *, max_body_bytes: int) -> dict[str, Any]:
                     "responses": {
                         "201": {
                             "description": "The broker confirmed the event",
+                            "headers": {
+                                "Idempotent-Replayed": {
+                                    "description": "`true` when this is the answer to an "
+                                    "earlier request with the same Idempotency-Key",
+                                    "schema": {"type": "string", "enum": ["true"]},
+                                }
+                            },
                             "content": {
                                 _JSON: {"schema": {"$ref": "#/components/schemas/UserEvent"}}
                             },
                         },
                         "400": _error(
-                            "The body is not UTF-8 JSON, not an object, or not a valid event"
+                            "The body is not UTF-8 JSON, not an object, or not a valid event, "
+                            "or the Idempotency-Key is not valid"
                         ),
+                        "409": _error(
+                            "A request with this Idempotency-Key is still being handled",
+                            retry_after=True,
+                        ),
+                        "422": _error("This Idempotency-Key was used with another body"),
                         "413": _error(f"The body is larger than {max_body_bytes} bytes"),
                         "415": _error("The Content-Type is not application/json or +json"),
                         "500": _error("The broker refused the event for good"),
@@ -152,9 +301,17 @@ def openapi_document(limits: Limits, *, max_body_bytes: int) -> dict[str, Any]:
                     "summary": "Every consumed event still held, in the order it was stored",
                     "description": "The order holds per user (one user's events share a "
                     "partition); events of different users may be listed out of posting order.",
+                    "parameters": _listing_parameters(limits),
                     "responses": {
                         "200": {
                             "description": "The stored events",
+                            "headers": {
+                                "Link": {
+                                    "description": 'With limit: `<URL>; rel="next"` while more '
+                                    "events may follow",
+                                    "schema": {"type": "string"},
+                                }
+                            },
                             "content": {
                                 _JSON: {
                                     "schema": {
@@ -164,6 +321,7 @@ def openapi_document(limits: Limits, *, max_body_bytes: int) -> dict[str, Any]:
                                 }
                             },
                         },
+                        "400": _error("A parameter is not valid; problems lists each one"),
                         "503": _error(
                             "The store did not answer in time, or too many listings are being sent",
                             retry_after=True,
@@ -171,6 +329,7 @@ def openapi_document(limits: Limits, *, max_body_bytes: int) -> dict[str, Any]:
                     },
                 }
             },
+            **_event_paths(limits),
             "/health": {
                 "get": {
                     "summary": "Actor states; 200 when all run, 503 when something is degraded",
@@ -222,6 +381,15 @@ def openapi_document(limits: Limits, *, max_body_bytes: int) -> dict[str, Any]:
         "components": {
             "schemas": {
                 "UserEvent": user_event,
+                "EventStatus": {
+                    "type": "object",
+                    "required": ["event", "partition", "offset"],
+                    "properties": {
+                        "event": {"$ref": "#/components/schemas/UserEvent"},
+                        "partition": {"type": "integer", "nullable": True},
+                        "offset": {"type": "integer", "nullable": True},
+                    },
+                },
                 "NewEvent": new_event,
                 "Error": _error_schema(),
                 "Health": {

@@ -31,6 +31,7 @@ __all__ = [
     "SECRET_VARIABLES",
     "SETTINGS",
     "HttpSettings",
+    "IdempotencySettings",
     "KafkaSettings",
     "LimitSettings",
     "LocalBrokerSettings",
@@ -40,6 +41,7 @@ __all__ = [
     "Settings",
     "SettingsError",
     "StoreSettings",
+    "StreamSettings",
     "SupervisionSettings",
     "declared_settings",
     "load_settings",
@@ -437,8 +439,55 @@ class StoreSettings:
         "STORE_MAX_BYTES",
         str(64 * 1024 * 1024),
         _integer(1024 * 1024, 1024**4),
-        "Most bytes the stored events may take (JSON plus 180 B each); then the oldest go.",
+        "Most bytes the stored events may take (JSON plus 210 B each); then the oldest go.",
     )
+
+
+@attrs.frozen(kw_only=True)
+class IdempotencySettings:
+    """The ledger of Idempotency-Key values (in memory, per process; lost on restart)."""
+
+    max_keys: int = setting(
+        "IDEMPOTENCY_MAX_KEYS",
+        "100000",
+        _integer(1, 10_000_000),
+        "Most Idempotency-Key values remembered; beyond it the oldest answered ones go.",
+    )
+    ttl_seconds: int = setting(
+        "IDEMPOTENCY_TTL_SECONDS",
+        str(24 * 3600),
+        _integer(1, 30 * 24 * 3600),
+        "Seconds an answered Idempotency-Key is remembered; a later repeat is a new request.",
+    )
+
+
+@attrs.frozen(kw_only=True)
+class StreamSettings:
+    """Bounds on the live streams of ``GET /events/stream``."""
+
+    max_subscribers: int = setting(
+        "MAX_STREAM_SUBSCRIBERS",
+        "64",
+        _integer(1, 10_000),
+        "Open GET /events/stream subscriptions at most; beyond it the request gets 503.",
+    )
+    buffer_events: int = setting(
+        "STREAM_BUFFER_EVENTS",
+        "1000",
+        _integer(1, 1_000_000),
+        "Events buffered per stream subscriber; one that falls this far behind is disconnected.",
+    )
+    lifetime_ms: int = setting(
+        "STREAM_LIFETIME_MS",
+        "3600000",
+        _integer(100, 86_400_000),
+        "A stream is closed after this long; clients resume it with Last-Event-ID.",
+    )
+
+    @property
+    def lifetime(self) -> float:
+        """:attr:`lifetime_ms` in seconds."""
+        return self.lifetime_ms / 1000
 
 
 @attrs.frozen(kw_only=True)
@@ -528,6 +577,8 @@ class Settings:
     http: HttpSettings
     limits: LimitSettings
     store: StoreSettings
+    idempotency: IdempotencySettings
+    streams: StreamSettings
     supervision: SupervisionSettings
     log: LogSettings
     local_broker: LocalBrokerSettings

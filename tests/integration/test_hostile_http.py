@@ -544,8 +544,11 @@ def test_openapi_document_is_served(service: Services) -> None:
     document = response.json()
     assert document["openapi"].startswith("3.")
     assert set(document["paths"]) == {
+        "/",
         "/events/generate",
         "/events/processed",
+        "/events/stream",
+        "/events/{eventId}",
         "/health",
         "/health/live",
         "/health/ready",
@@ -558,8 +561,24 @@ def test_openapi_document_is_served(service: Services) -> None:
     assert {"201", "400", "413", "415", "503"} <= set(responses)
 
 
-def run_schemathesis(app: ServiceHandle, tmp_path: Path, checks: list[str]) -> dict[str, Any]:
-    """Fuzz the running service against its own /openapi.json; returns the JSON run report."""
+#: The live stream answers for as long as its client reads: fuzzed apart, on a service whose
+#: streams end after STREAM_LIFETIME_MS (test_fuzzed_stream_requests_...).
+STREAM = "/events/stream"
+
+
+def run_schemathesis(
+    app: ServiceHandle,
+    tmp_path: Path,
+    checks: list[str],
+    *,
+    paths: tuple[str, ...] = ("--exclude-path", STREAM),
+    operations: int = 5,
+) -> dict[str, Any]:
+    """Fuzz the running service against its own /openapi.json; returns the JSON run report.
+
+    ``paths`` selects the operations (schemathesis' --include-path/--exclude-path), of which
+    at least ``operations`` must be tested.
+    """
     config = tmp_path / "schemathesis.toml"
     # A 5xx is a failure, except the 503 the document promises (overload, broker down).
     config.write_text(
@@ -568,7 +587,7 @@ def run_schemathesis(app: ServiceHandle, tmp_path: Path, checks: list[str]) -> d
     report_path = tmp_path / "schemathesis-report.json"
     command = [
         *(sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "--no-color"),
-        *("run", f"{app.base_url}/openapi.json", "--checks", ",".join(checks)),
+        *("run", f"{app.base_url}/openapi.json", "--checks", ",".join(checks), *paths),
         *("--max-examples", str(FUZZ_EXAMPLES), "--phases", "examples,coverage,fuzzing"),
         *("--request-timeout", "5", "--generation-database", "none", "--workers", "1"),
         *("--report", "json", "--report-json-path", str(report_path)),
@@ -581,8 +600,8 @@ def run_schemathesis(app: ServiceHandle, tmp_path: Path, checks: list[str]) -> d
     report: dict[str, Any] = json.loads(report_path.read_text())
     cases = report["test_cases"]["generated"]
     print(f"schemathesis: {cases} test cases, checks {checks}, seed {report['seed']}")
-    assert report["operations"]["tested"] == report["operations"]["selected"] >= 3, report
-    assert cases >= 3 * FUZZ_EXAMPLES // 2, report["test_cases"]
+    assert report["operations"]["tested"] == report["operations"]["selected"] >= operations, report
+    assert cases >= operations * FUZZ_EXAMPLES // 2, report["test_cases"]
     assert report["errors"] == [], run.stdout[-5000:]
     assert report["failures"] == [], run.stdout[-5000:]
     assert run.returncode == 0, run.stdout[-5000:]
@@ -617,6 +636,29 @@ def test_fuzzed_requests_outside_the_schema_are_rejected(service: Services, tmp_
     app = service()
     run_schemathesis(app, tmp_path, ["negative_data_rejection", "not_a_server_error"])
     assert app.health().status_code == 200
+
+
+def test_fuzzed_stream_requests_get_no_server_errors_and_match_the_schema(
+    process_control: Spawn, tmp_path: Path
+) -> None:
+    """GET /events/stream under schemathesis (valid and invalid filters and Last-Event-ID),
+    on a service whose streams end after 200 ms so that each fuzzed request completes."""
+    app = process_control({"STREAM_LIFETIME_MS": "200"})
+    app.post_event(user_id="fuzzed-stream")  # so that resumed streams have something to send
+    run_schemathesis(
+        app,
+        tmp_path,
+        [
+            "not_a_server_error",
+            "status_code_conformance",
+            "content_type_conformance",
+            "response_headers_conformance",
+            "negative_data_rejection",
+        ],
+        paths=("--include-path", STREAM),
+        operations=1,
+    )
+    assert app.health().json()["gauges"]["stream_subscribers"] <= 1
 
 
 # --- logs and secrets ------------------------------------------------------------------------

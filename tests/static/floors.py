@@ -28,7 +28,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("actors.domain",),
     ("actors.runtime",),
     ("actors.kafka", "actors.http"),
-    ("actors.store", "actors.consumer", "actors.publisher"),
+    ("actors.store", "actors.consumer", "actors.publisher", "actors.idempotency"),
     ("actors.supervisor",),
     ("actors.__main__",),
 )

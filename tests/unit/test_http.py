@@ -476,11 +476,14 @@ async def test_exception_in_handler_is_json_500_without_traceback(
 
 
 def app_routes(app: QuartTrio) -> dict[str, set[str]]:
+    """The app's routes in OpenAPI's spelling (``/events/<event_id:eventId>`` is
+    ``/events/{eventId}``), with their methods; the static files are left out."""
     routes: dict[str, set[str]] = {}
     for rule in app.url_map.iter_rules():
         if rule.rule.startswith("/static"):
             continue
-        routes.setdefault(rule.rule, set()).update(
+        path = re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule)
+        routes.setdefault(path, set()).update(
             method.lower() for method in rule.methods or () if method not in {"HEAD", "OPTIONS"}
         )
     return routes

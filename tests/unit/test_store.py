@@ -104,6 +104,7 @@ async def test_outcomes_are_counted_in_health() -> None:
     assert health.snapshot()["gauges"] == {
         "store_bytes": len(first.to_json()) + len(second.to_json()) + 2 * EVENT_OVERHEAD_BYTES,
         "store_events": 2,
+        "stream_subscribers": 0,
     }
 
 

@@ -339,7 +339,10 @@ async def test_shutdown_runs_in_order(autojump_clock: trio.testing.MockClock) ->
         await wait_until_healthy(health)
         journal.clear()
         stop.set()
-    assert [entry for entry in journal if entry != "consumer.consume"] == [
+    # The idempotency ledger stops beside the publisher: after HTTP, before the consumer.
+    ledger_at = journal.index("idempotency stopped")
+    assert journal.index("http stopped") < ledger_at < journal.index("consumer.close")
+    assert [e for e in journal if e not in {"consumer.consume", "idempotency stopped"}] == [
         "http stopped",
         "producer.flush",
         "publisher stopped",
