@@ -74,7 +74,7 @@ async def run_service(
     """Run every actor until ``stop`` is set, then shut them down in order.
 
     ``metrics`` (one per service) is handed to every actor, which records its own
-    observations there; it also reads ``health`` and both mailboxes when scraped.
+    observations there; it also reads ``health`` and the mailboxes when scraped.
 
     Reports the HTTP binds through ``task_status`` as soon as HTTP listens, which is before the
     broker is known to answer: until then ``/health`` and ``POST`` answer 503 with the reason.
