@@ -35,12 +35,13 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 
 # The HTTP_PORT default; set HTTP_PORT and publish that port to move it.
 EXPOSE 3000
-# No curl in the slim image: the standard library asks GET /health, which answers 503 (an
-# HTTPError, so a non-zero exit) while the service is degraded. Joining the consumer group can
-# take tens of seconds; failures within the start period do not count, and within it the probe
-# runs every second (--start-interval, Docker Engine 25+) instead of after 10 s.
+# No curl in the slim image: the standard library asks GET /health/ready (readiness), which
+# answers 503 (an HTTPError, so a non-zero exit) while the service is not ready. Joining the
+# consumer group can take tens of seconds; failures within the start period do not count, and
+# within it the probe runs every second (--start-interval, Docker Engine 25+) instead of after
+# 10 s.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --start-interval=1s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('HTTP_PORT', '3000') + '/health', timeout=4)"]
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('HTTP_PORT', '3000') + '/health/ready', timeout=4)"]
 # Exec form: Python is PID 1 and receives SIGTERM itself, which starts the graceful shutdown.
 # It runs as the last USER of the image (each target below ends with the app user).
 CMD ["python", "-m", "actors"]
@@ -61,6 +62,11 @@ RUN if ! command -v shellcheck >/dev/null; then \
         && apt-get install --yes --no-install-recommends shellcheck=0.9.0-1 \
         && rm -rf /var/lib/apt/lists/*; \
     fi
+# promtool, for the static checks of monitoring/ (Prometheus' configuration and alert rules):
+# the one binary out of Debian's prometheus package, unpacked, not installed.
+COPY scripts/ensure-promtool ./scripts/
+RUN ./scripts/ensure-promtool /usr/local/bin \
+    && rm -rf /var/lib/apt/lists/*
 
 
 FROM test-deps AS test
@@ -73,6 +79,7 @@ RUN pip install --constraint constraints.txt --no-deps . \
     && rm -rf build ./*.egg-info
 
 COPY Dockerfile docker-compose.yml .dockerignore .env.example ARCHITECTURE.md ./
+COPY monitoring/ ./monitoring/
 COPY scripts/ ./scripts/
 COPY bench/ ./bench/
 COPY tests/ ./tests/

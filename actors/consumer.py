@@ -24,8 +24,10 @@ their next owner reads them again from the committed offset.
 from __future__ import annotations
 
 import collections
+import datetime
 import itertools
 import logging
+import time
 from collections.abc import Callable, Iterable
 
 import trio
@@ -33,11 +35,13 @@ from trio_util import AsyncValue
 
 from actors.domain.events import Limits, MalformedEvent, UserEvent, decode_event
 from actors.domain.messages import Placed, PutMany, PutOutcome, StoreCommand, Stored
+from actors.domain.trace import TraceContext
 from actors.kafka.dead_letters import DeadLetterWriter
-from actors.kafka.ports import ConsumerPort, Partition, ProducerPort, Record
+from actors.kafka.ports import ClientStatistics, ConsumerPort, Partition, ProducerPort, Record
 from actors.runtime.backoff import Backoff
 from actors.runtime.health import ActorState, Health
 from actors.runtime.logs import log_fields
+from actors.runtime.metrics import Metrics
 
 __all__ = ["CONSUME_TIMEOUT", "DOWNSTREAM_GRACE_SECONDS", "POLL_GAP_SECONDS", "run_consumer"]
 
@@ -133,12 +137,15 @@ class _Consumer:
         dead_letters: DeadLetterWriter | None,
         limits: Limits,
         health: Health,
+        metrics: Metrics,
     ) -> None:
         self._consumer = consumer
         self._store = store
         self._dead_letters = dead_letters
         self._limits = limits
         self._health = health
+        self._metrics = metrics
+        self._recorded: ClientStatistics | None = None
         self._backlog = _Backlog()
 
     async def poll(self, batch_size: int) -> None:
@@ -157,6 +164,7 @@ class _Consumer:
                 )
             self._backlog.extend(records)
             self._report_health()
+            self._record_statistics()
 
     def _steer(self) -> None:
         if self._backlog and not self._consumer.paused:
@@ -208,7 +216,13 @@ class _Consumer:
 
     async def _store_run(self, run: list[tuple[Record, UserEvent]]) -> None:
         outcomes = await self._put_many(run)
+        now = time.time()
         for (record, event), outcome in zip(run, outcomes, strict=True):
+            stored = isinstance(outcome, Stored)
+            self._metrics.event_consumed("stored" if stored else "duplicate")
+            if stored:
+                self._metrics.end_to_end(now - _epoch_seconds(event.timestamp))
+            trace = TraceContext.from_kafka(record.headers)
             log_fields(
                 log,
                 logging.INFO,
@@ -218,7 +232,9 @@ class _Consumer:
                 eventType=event.event_type,
                 partition=record.partition,
                 offset=record.offset,
-                outcome="stored" if isinstance(outcome, Stored) else "duplicate",
+                outcome="stored" if stored else "duplicate",
+                traceparent=trace.traceparent,
+                requestId=trace.request_id,
             )
             if self._backlog.done(record):
                 self._consumer.store_offset(record)
@@ -248,8 +264,17 @@ class _Consumer:
         )
         if self._dead_letters is not None and await self._dead_letters.write(record, reason):
             self._health.count("dead_lettered")
+            self._metrics.event_consumed("dead_lettered")
             # The next fetch reports the state again; say at once that the topic is writable.
             self._report_health()
+        else:
+            self._metrics.event_consumed("malformed")
+
+    def _record_statistics(self) -> None:
+        statistics = self._consumer.statistics
+        if statistics is not None and statistics is not self._recorded:
+            self._metrics.consumer_assignment(statistics.assigned_partitions, statistics.lag)
+            self._recorded = statistics
 
     def _report_health(self) -> None:
         unwritable = None if self._dead_letters is None else self._dead_letters.unwritable_because
@@ -274,12 +299,14 @@ async def run_consumer(
     backoff: Backoff,
     replace_producer_after: float,
     health: Health,
+    metrics: Metrics | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Consume until cancelled; then commit what the store confirmed and leave the group.
 
     ``store`` belongs to the supervisor; this actor only sends on it. The dead-letter producer
-    is replaced like the publisher's (``replace_producer_after``, ``backoff``).
+    is replaced like the publisher's (``replace_producer_after``, ``backoff``). Each record's
+    outcome, end-to-end latency, the assignment and the lag are recorded in ``metrics``.
 
     Cancellation: the normal way to stop this actor. The record being handled when the cancel
     arrives is not marked processed, so it is read again after a restart. The final commit and
@@ -298,7 +325,12 @@ async def run_consumer(
         )
     consumer = open_consumer()
     actor = _Consumer(
-        consumer=consumer, store=store, dead_letters=dead_letters, limits=limits, health=health
+        consumer=consumer,
+        store=store,
+        dead_letters=dead_letters,
+        limits=limits,
+        health=health,
+        metrics=metrics or Metrics(),
     )
     health.report(ACTOR, ActorState.STARTING, "joining the consumer group")
     try:
@@ -316,3 +348,8 @@ async def run_consumer(
         log_fields(
             log, logging.INFO, "consumer stopped", closedCleanly=not bounded.cancelled_caught
         )
+
+
+def _epoch_seconds(timestamp: str) -> float:
+    """An event's ISO 8601 UTC ``timestamp`` (validated by ``decode_event``) as epoch seconds."""
+    return datetime.datetime.fromisoformat(timestamp).timestamp()

@@ -38,11 +38,12 @@ from actors.domain.messages import (
     PublishRequest,
     reply,
 )
-from actors.kafka.ports import DeliveryReport, KafkaFailure, ProduceRejected, ProducerPort
+from actors.kafka.ports import DeliveryReport, Headers, KafkaFailure, ProduceRejected, ProducerPort
 from actors.kafka.replacement import ReplacingProducer
 from actors.runtime.backoff import Backoff
 from actors.runtime.health import ActorState, Health
 from actors.runtime.logs import log_fields
+from actors.runtime.metrics import Metrics
 
 __all__ = ["PUMP_INTERVAL", "run_publisher"]
 
@@ -64,6 +65,8 @@ class _Attempt:
     event: UserEvent
     deadline: float
     settle: Callable[[PublishOutcome], None]
+    #: The request's trace context as Kafka headers.
+    headers: Headers = ()
     number: int = 1
 
     def next(self) -> _Attempt:
@@ -93,12 +96,19 @@ class _Publisher:
     """The actor's state: the producer, reports waiting to be settled, work in progress."""
 
     def __init__(
-        self, *, producer: ReplacingProducer, topic: str, backoff: Backoff, health: Health
+        self,
+        *,
+        producer: ReplacingProducer,
+        topic: str,
+        backoff: Backoff,
+        health: Health,
+        metrics: Metrics,
     ) -> None:
         self._producer = producer
         self._topic = topic
         self._backoff = backoff
         self._health = health
+        self._metrics = metrics
         # Appended to by the delivery callback on the worker thread; deque appends are atomic.
         self._reports: collections.deque[tuple[_Attempt, DeliveryReport]] = collections.deque()
         self._unresolved = AsyncValue(0)
@@ -114,16 +124,17 @@ class _Publisher:
         A batch's events are produced one after the other, without waiting in between.
         """
         match command:
-            case PublishRequest(event=event, deadline=deadline, reply=channel):
+            case PublishRequest(event=event, deadline=deadline, reply=channel, trace=trace):
                 settle: Callable[[PublishOutcome], None] = partial(reply, channel)
-                await self._accept_one(_Attempt(event, deadline, settle), nursery)
-            case PublishBatch(events=events, deadline=deadline):
+                attempt = _Attempt(event, deadline, settle, trace.kafka_headers())
+                await self._accept_one(attempt, nursery)
+            case PublishBatch(events=events, deadline=deadline, trace=trace):
                 answer = _BatchAnswer(command)
+                headers = trace.kafka_headers()
                 self._unresolved.value += len(events)  # once: waiters are woken per change
                 for index, event in enumerate(events):
-                    await self._accept_one(
-                        _Attempt(event, deadline, answer.settler(index)), nursery, counted=True
-                    )
+                    attempt = _Attempt(event, deadline, answer.settler(index), headers)
+                    await self._accept_one(attempt, nursery, counted=True)
 
     async def _accept_one(
         self, attempt: _Attempt, nursery: trio.Nursery, *, counted: bool = False
@@ -143,15 +154,17 @@ class _Publisher:
                     topic=self._topic,
                     key=event.user_id.encode(),
                     value=event.to_json(),
+                    headers=attempt.headers,
                     on_delivery=lambda report: self._reports.append((attempt, report)),
                 )
             except BufferError:
                 self._health.count("producer_queue_full")
                 # The pump frees space as reports arrive; wait for it, within the deadline.
                 if not await self._sleep_within_deadline(attempt, self._backoff.delay(1)):
-                    self._resolve(
-                        attempt, PublishFailed(reason="producer queue full", retriable=True)
+                    failed = PublishFailed(
+                        reason="producer queue full", retriable=True, kind="queue_full"
                     )
+                    self._resolve(attempt, failed)
                     return
             except ProduceRejected as rejected:
                 self._retry_or_fail(attempt, rejected.failure, nursery)
@@ -176,6 +189,8 @@ class _Publisher:
                 await self._producer.poll(PUMP_INTERVAL)
             self.settle_reports(nursery)
             self._report_health()
+            if (statistics := self._producer.statistics) is not None:
+                self._metrics.producer_queue(statistics.queued_messages)
 
     def settle_reports(self, nursery: trio.Nursery | None) -> None:
         """Answer the requests whose reports arrived; without a nursery, failures are final."""
@@ -225,6 +240,7 @@ class _Publisher:
     def _resolve(self, attempt: _Attempt, outcome: PublishOutcome) -> None:
         if isinstance(outcome, Placed):
             self._health.count("published")
+            self._metrics.event_published()
             if log.isEnabledFor(logging.DEBUG):  # per event: not even the arguments otherwise
                 log_fields(
                     log,
@@ -268,6 +284,7 @@ async def run_publisher(
     backoff: Backoff,
     replace_producer_after: float,
     health: Health,
+    metrics: Metrics | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Publish requests from ``inbox`` until it is closed, then finish what was accepted.
@@ -277,7 +294,8 @@ async def run_publisher(
     nothing but failed deliveries is one reason); ``backoff`` paces retries and replacements.
 
     The supervisor owns ``inbox`` (so a restarted publisher carries on with the same one);
-    this actor never closes it.
+    this actor never closes it. Each acknowledgement and the producer's queue length are
+    recorded in ``metrics``; each request's trace context becomes its message's headers.
 
     Cancellation: whatever the producer still holds gets :data:`EXIT_FLUSH_SECONDS` to be
     flushed (shielded). Requests left unanswered time out at their caller.
@@ -290,7 +308,13 @@ async def run_publisher(
         health=health,
         counter="producer_replacements",
     )
-    publisher = _Publisher(producer=producer, topic=topic, backoff=backoff, health=health)
+    publisher = _Publisher(
+        producer=producer,
+        topic=topic,
+        backoff=backoff,
+        health=health,
+        metrics=metrics or Metrics(),
+    )
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(publisher.pump, nursery)

@@ -39,6 +39,7 @@ from actors.kafka.topics import ensure_topics
 from actors.publisher import run_publisher
 from actors.runtime.health import ActorState, Health
 from actors.runtime.logs import log_fields
+from actors.runtime.metrics import Metrics
 from actors.runtime.settings import KafkaSettings, Settings
 from actors.runtime.signals import watch_signals
 from actors.runtime.supervision import TooManyRestarts, innermost, supervise_actor
@@ -49,6 +50,9 @@ __all__ = ["ACTORS", "http_options", "run_service", "server_options", "supervise
 log = logging.getLogger(__name__)
 
 ACTORS = ("store", "idempotency", "consumer", "publisher", "http")
+
+#: The actors restarted when they fail (the others end the service).
+RESTARTABLE = ("consumer", "publisher")
 
 #: Room in the store's inbox; the consumer waits on each Put, so this only absorbs bursts of
 #: listings and puts arriving together.
@@ -65,9 +69,13 @@ async def run_service(
     stop: trio.Event,
     ports: KafkaPorts,
     health: Health | None = None,
+    metrics: Metrics | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run every actor until ``stop`` is set, then shut them down in order.
+
+    ``metrics`` (one per service) is handed to every actor, which records its own
+    observations there; it also reads ``health`` and the mailboxes when scraped.
 
     Reports the HTTP binds through ``task_status`` as soon as HTTP listens, which is before the
     broker is known to answer: until then ``/health`` and ``POST`` answer 503 with the reason.
@@ -76,6 +84,7 @@ async def run_service(
         TooManyRestarts: an actor kept failing.
     """
     health = health or Health(ACTORS)
+    metrics = metrics or Metrics(restartable=RESTARTABLE)
     publish_backoff = settings.publish.retry_backoff()
     limits = settings.limits.limits()
     store_send, store_receive = trio.open_memory_channel[StoreCommand](STORE_INBOX_SIZE)
@@ -83,6 +92,10 @@ async def run_service(
         settings.publish.queue_size
     )
     ledger_send, ledger_receive = trio.open_memory_channel[LedgerCommand](LEDGER_INBOX_SIZE)
+    metrics.watch_health(health)
+    metrics.watch_mailbox("store", store_send)
+    metrics.watch_mailbox("publisher", publish_send)
+    metrics.watch_mailbox("idempotency", ledger_send)
     consumer = partial(
         run_consumer,
         open_consumer=ports.open_consumer,
@@ -94,6 +107,7 @@ async def run_service(
         backoff=publish_backoff,
         replace_producer_after=settings.publish.replace_producer_after,
         health=health,
+        metrics=metrics,
     )
     publisher = partial(
         run_publisher,
@@ -103,6 +117,7 @@ async def run_service(
         backoff=publish_backoff,
         replace_producer_after=settings.publish.replace_producer_after,
         health=health,
+        metrics=metrics,
     )
     app = create_app(
         publish=publish_send,
@@ -111,9 +126,13 @@ async def run_service(
         options=http_options(settings),
         ledger=ledger_send,
         stopping=stop,
+        metrics=metrics,
     )
     supervised = partial(
-        supervise_actor, policy=settings.supervision.restart_policy(), health=health
+        supervise_actor,
+        policy=settings.supervision.restart_policy(),
+        health=health,
+        metrics=metrics,
     )
 
     waiting = f"waiting for the broker at {settings.kafka.bootstrap_servers}"

@@ -29,6 +29,7 @@ import trio
 from trio_util import AsyncValue
 
 from actors.kafka.ports import (
+    ClientStatistics,
     DeliveryReport,
     Headers,
     KafkaFailure,
@@ -115,9 +116,9 @@ class FakeProducer:
 
     Scripting: :meth:`refuse` (``produce`` raises ``BufferError`` or ``ProduceRejected``),
     ``queue_capacity`` (``BufferError`` while that many reports are undelivered),
-    :meth:`fail_deliveries`, :meth:`fence`, :meth:`crash_next_poll`; ``connected`` is a plain
-    attribute. A message larger than ``message_max_bytes`` is refused with :data:`TOO_LARGE`.
-    :meth:`discard` is the last call: any call after it raises
+    :meth:`fail_deliveries`, :meth:`fence`, :meth:`crash_next_poll`; ``connected`` and
+    ``statistics`` are plain attributes. A message larger than ``message_max_bytes`` is refused
+    with :data:`TOO_LARGE`. :meth:`discard` is the last call: any call after it raises
     :class:`~actors.kafka.ports.PortClosed`, as the adapter does.
     """
 
@@ -132,6 +133,7 @@ class FakeProducer:
         message_max_bytes: int = MESSAGE_MAX_BYTES,
     ) -> None:
         self.connected: bool | None = True
+        self.statistics: ClientStatistics | None = None
         self.delivery_latency = delivery_latency
         self.message_max_bytes = message_max_bytes
         self.queue_capacity = queue_capacity
@@ -295,7 +297,7 @@ class FakeConsumer:
     what librdkafka does in a rebalance: commit, revoke, and read the revoked partitions again
     from the committed offset if they come back. After ``close`` every call raises
     :class:`~actors.kafka.ports.PortClosed`, as the adapter does; ``close`` while a ``consume``
-    is in progress (librdkafka#2333) fails the test.
+    is in progress (librdkafka#2333) fails the test. ``statistics`` is a plain attribute.
     """
 
     def __init__(
@@ -308,6 +310,7 @@ class FakeConsumer:
         name: str = "consumer",
     ) -> None:
         self.connected = connected
+        self.statistics: ClientStatistics | None = None
         #: Every ``store_offset`` call, in order.
         self.stored: list[StoredOffset] = []
         #: How many offsets were stored so far; tests wait on it.

@@ -1,1 +1,1 @@
-"""Pure values of the domain: the event, its validation, and the messages actors exchange."""
+"""Pure values of the domain: the event, its validation, the messages, the trace context."""

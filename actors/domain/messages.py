@@ -15,12 +15,13 @@ Mailboxes:
 from __future__ import annotations
 
 import contextlib
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import attrs
 import trio
 
 from actors.domain.events import EventFilter, UserEvent
+from actors.domain.trace import TraceContext
 
 __all__ = [
     "Claim",
@@ -38,6 +39,7 @@ __all__ = [
     "Placed",
     "PublishBatch",
     "PublishFailed",
+    "PublishFailureKind",
     "PublishOutcome",
     "PublishRequest",
     "PublisherCommand",
@@ -75,12 +77,25 @@ class Placed:
     offset: int
 
 
+#: What kind of failure kept an event from being confirmed (the metrics count them by it).
+PublishFailureKind = Literal["timeout", "queue_full", "refused", "unavailable"]
+
+
 @attrs.frozen(kw_only=True)
 class PublishFailed:
-    """The event was not confirmed. ``retriable``: the client may try again later (503)."""
+    """The event was not confirmed. ``retriable``: the client may try again later (503).
+
+    ``kind`` defaults to ``timeout`` for a retriable failure (not confirmed in time) and to
+    ``refused`` for one that is not.
+    """
 
     reason: str
     retriable: bool
+    kind: PublishFailureKind = attrs.field()
+
+    @kind.default
+    def _kind_from_retriable(self) -> PublishFailureKind:
+        return "timeout" if self.retriable else "refused"
 
 
 PublishOutcome = Placed | PublishFailed
@@ -88,11 +103,15 @@ PublishOutcome = Placed | PublishFailed
 
 @attrs.frozen(kw_only=True)
 class PublishRequest:
-    """Publish ``event``; answer on ``reply`` by ``deadline`` (a :func:`trio.current_time`)."""
+    """Publish ``event``; answer on ``reply`` by ``deadline`` (a :func:`trio.current_time`).
+
+    ``trace`` goes with the event as Kafka headers.
+    """
 
     event: UserEvent
     deadline: float
     reply: trio.MemorySendChannel[PublishOutcome] = attrs.field(eq=False)
+    trace: TraceContext = attrs.field(factory=TraceContext)
 
 
 @attrs.frozen(kw_only=True)
@@ -103,6 +122,8 @@ class PublishBatch:
     events: tuple[UserEvent, ...]
     deadline: float
     reply: trio.MemorySendChannel[tuple[PublishOutcome, ...]] = attrs.field(eq=False)
+    #: Goes with each event as Kafka headers, as a :class:`PublishRequest`'s does.
+    trace: TraceContext = attrs.field(factory=TraceContext)
 
 
 PublisherCommand = PublishRequest | PublishBatch

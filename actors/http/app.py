@@ -3,7 +3,8 @@ loop (:mod:`actors.http.server`).
 
 It holds no events itself. ``POST /events/generate`` builds the event and asks the publisher
 (and, with an ``Idempotency-Key``, the idempotency ledger first), ``GET /events/processed``
-asks the store, ``GET /health`` reads the shared health record. The routes that read single
+asks the store, ``GET /health`` (and ``/health/live``, ``/health/ready``) reads the shared
+health record, ``GET /metrics`` the service's metrics. The routes that read single
 events, pages and the live stream are in :mod:`actors.http.event_routes`. Every
 answer the app gives, errors included, is JSON; no stack trace ever reaches a client (what h11
 rejects before the app sees a request gets hypercorn's empty-bodied 400/431/501, see README).
@@ -23,7 +24,7 @@ from typing import Any
 
 import attrs
 import trio
-from quart import Response, request
+from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, RequestTimeout
 
@@ -51,6 +52,7 @@ from actors.domain.messages import (
     Replay,
     StoreCommand,
 )
+from actors.domain.trace import REQUEST_ID_HEADER, TRACEPARENT_HEADER, TraceContext
 from actors.http.answers import COMPACT, error_response, invalid_request, json_response
 from actors.http.batch import BatchOptions, BatchPublisher, TooLarge
 from actors.http.event_routes import (
@@ -66,6 +68,7 @@ from actors.http.server import ServerOptions, serve_http
 from actors.http.stream import KEEP_ALIVE_SECONDS
 from actors.runtime.health import ActorState, Health
 from actors.runtime.logs import log_fields
+from actors.runtime.metrics import CONTENT_TYPE, Metrics
 
 __all__ = [
     "COMPACT",
@@ -116,14 +119,26 @@ def create_app(
     options: HttpOptions,
     ledger: trio.MemorySendChannel[LedgerCommand] | None = None,
     stopping: trio.Event | None = None,
+    metrics: Metrics | None = None,
 ) -> QuartTrio:
     """The ASGI app; it reaches the other actors only through the channel ends given here.
 
     ``ledger`` is the idempotency ledger's inbox (without one, a request carrying an
     ``Idempotency-Key`` gets 503); ``stopping`` is set when the service shuts down, which ends
-    every event stream at once.
+    every event stream at once. Every request is counted and timed in ``metrics``, and so is
+    each publish outcome.
     """
     app = QuartTrio(__name__)
+    metrics = metrics or Metrics()
+
+    @app.before_request
+    async def begin_request() -> None:
+        """Registered first, so every request has its start time and trace context."""
+        g.started = trio.current_time()
+        g.trace = TraceContext.from_http(
+            request.headers.get(TRACEPARENT_HEADER), request.headers.get(REQUEST_ID_HEADER)
+        )
+
     # NOTE: the size limit is enforced while reading (_read_body), not by quart's
     # MAX_CONTENT_LENGTH, which answers 413 before the body has arrived (see _read_body).
     app.config["MAX_CONTENT_LENGTH"] = None
@@ -151,8 +166,11 @@ def create_app(
             # Not yet connected (or never, with no broker): say so now rather than at the
             # deadline. Requests queued meanwhile would only expire in the inbox.
             reason = health.detail("publisher") or "the publisher is starting"
+            metrics.publish_failed("unavailable")
             return error_response(503, "publish_unavailable", reason, headers=retry_after), None
-        outcome = await _publish(publish, event, options.publish_timeout)
+        handed_over = trio.current_time()
+        outcome = await _publish(publish, event, options.publish_timeout, g.trace)
+        _record_publish(metrics, outcome, trio.current_time() - handed_over)
         match outcome:
             case Placed():
                 created = Replay(event_id=event.event_id, timestamp=event.timestamp)
@@ -257,7 +275,8 @@ def create_app(
         unavailable = None
         if health.state("publisher").value is ActorState.STARTING:
             unavailable = health.detail("publisher") or "the publisher is starting"
-        answer = await batches.publish(items, unavailable)
+        trace = g.get("trace") or TraceContext.from_http(None, None)
+        answer = await batches.publish(items, unavailable, trace)
         return json_response(
             answer.body, answer.status, headers=retry_after if answer.retry_later else None
         )
@@ -297,6 +316,22 @@ def create_app(
     async def health_check() -> Response:
         return json_response(health.snapshot(), 200 if health.healthy else 503)
 
+    @app.get("/health/live")
+    async def liveness() -> Response:
+        """200 while the process serves and no actor is being given up on (restart me if not)."""
+        return json_response({"status": "live" if health.live else "failed"}, _status(health.live))
+
+    @app.get("/health/ready")
+    async def readiness() -> Response:
+        """200 only when every actor runs and the consumer holds its assignment (as /health)."""
+        return json_response(
+            {"status": "ready" if health.healthy else "not ready"}, _status(health.healthy)
+        )
+
+    @app.get("/metrics")
+    async def metrics_exposition() -> Response:
+        return Response(metrics.exposition(), status=200, content_type=CONTENT_TYPE)
+
     @app.get("/openapi.json")
     async def openapi() -> Response:
         return json_response(
@@ -315,6 +350,15 @@ def create_app(
             # quart's automatic answer is an empty text/html 200; the Allow header is the
             # whole answer, so say so with 204.
             response = Response(b"", status=204, headers={"Allow": response.headers["Allow"]})
+        trace: TraceContext = g.get("trace") or TraceContext.from_http(None, None)
+        response.headers["X-Request-Id"] = str(trace.request_id)
+        rule = request.url_rule
+        metrics.http_request(
+            route=rule.rule if rule is not None else "unmatched",
+            method=request.method,
+            status=response.status_code,
+            seconds=trio.current_time() - g.get("started", trio.current_time()),
+        )
         # NOTE: one JSON line per answered request costs a good part of a POST's CPU, so
         # routine successes are logged at DEBUG; refusals and errors stay visible at INFO.
         log_fields(
@@ -324,6 +368,7 @@ def create_app(
             method=request.method,
             path=request.path,
             status=response.status_code,
+            requestId=trace.request_id,
         )
         return response
 
@@ -400,21 +445,38 @@ async def _read_body(limit: int, timeout: float) -> bytes | None:
     return b"".join(chunks) if size <= limit else None
 
 
+def _status(ok: bool) -> int:
+    return 200 if ok else 503
+
+
+def _record_publish(metrics: Metrics, outcome: PublishOutcome, seconds: float) -> None:
+    """Count a publish outcome; time it from the hand-over when the broker acknowledged it."""
+    if isinstance(outcome, Placed):
+        metrics.publish_acknowledged(seconds)
+    else:
+        metrics.publish_failed(outcome.kind)
+
+
 async def _publish(
-    publish: trio.MemorySendChannel[PublisherCommand], event: UserEvent, timeout: float
+    publish: trio.MemorySendChannel[PublisherCommand],
+    event: UserEvent,
+    timeout: float,
+    trace: TraceContext,
 ) -> PublishOutcome:
     """Hand the event to the publisher and wait for the broker's answer, at most ``timeout``."""
     send, receive = trio.open_memory_channel[PublishOutcome](1)
     deadline = trio.current_time() + timeout
     try:
-        publish.send_nowait(PublishRequest(event=event, deadline=deadline, reply=send))
+        publish.send_nowait(PublishRequest(event=event, deadline=deadline, reply=send, trace=trace))
     except trio.WouldBlock:
-        return PublishFailed(reason="too many events waiting to be published", retriable=True)
+        return PublishFailed(
+            reason="too many events waiting to be published", retriable=True, kind="queue_full"
+        )
     with receive, trio.move_on_at(deadline):
         try:
             return await receive.receive()
         except trio.EndOfChannel:  # the publisher dropped the request without an answer
-            return PublishFailed(reason="the publisher stopped", retriable=True)
+            return PublishFailed(reason="the publisher stopped", retriable=True, kind="unavailable")
     return PublishFailed(reason="the broker did not confirm the event in time", retriable=True)
 
 

@@ -38,6 +38,7 @@ from actors.domain.messages import (
     PublishFailed,
     PublishOutcome,
 )
+from actors.domain.trace import TraceContext
 
 __all__ = ["BatchAnswer", "BatchOptions", "BatchPublisher", "TooLarge"]
 
@@ -103,25 +104,33 @@ class BatchPublisher:
         return parsed
 
     async def publish(
-        self, items: list[UserEvent | InvalidRequest], unavailable: str | None
+        self,
+        items: list[UserEvent | InvalidRequest],
+        unavailable: str | None,
+        trace: TraceContext,
     ) -> BatchAnswer:
-        """Publish the valid items (none when ``unavailable`` gives a reason) and answer."""
+        """Publish the valid items (none when ``unavailable`` gives a reason) and answer;
+        ``trace`` goes with each event as Kafka headers."""
         events = tuple(item for item in items if isinstance(item, UserEvent))
         if not events:
             outcomes: tuple[PublishOutcome, ...] = ()
         elif unavailable is not None:
             outcomes = _all_failed(events, unavailable)
         else:
-            outcomes = await self._publish_events(events)
+            outcomes = await self._publish_events(events, trace)
         return _answer(items, iter(outcomes))
 
-    async def _publish_events(self, events: tuple[UserEvent, ...]) -> tuple[PublishOutcome, ...]:
+    async def _publish_events(
+        self, events: tuple[UserEvent, ...], trace: TraceContext
+    ) -> tuple[PublishOutcome, ...]:
         if self._waiting + len(events) > max(self._options.max_waiting_events, len(events)):
             return _all_failed(events, "too many events waiting to be published")
         send, receive = trio.open_memory_channel[tuple[PublishOutcome, ...]](1)
         deadline = trio.current_time() + self._publish_timeout
         try:
-            self._publish.send_nowait(PublishBatch(events=events, deadline=deadline, reply=send))
+            self._publish.send_nowait(
+                PublishBatch(events=events, deadline=deadline, reply=send, trace=trace)
+            )
         except trio.WouldBlock:
             return _all_failed(events, "too many events waiting to be published")
         self._waiting += len(events)

@@ -47,6 +47,42 @@ def _error(description: str, *, retry_after: bool = False) -> dict[str, Any]:
     return response
 
 
+def _trace_headers() -> list[dict[str, Any]]:
+    return [
+        {
+            "name": "traceparent",
+            "in": "header",
+            "required": False,
+            "description": "W3C trace context, carried to the Kafka message unchanged; a "
+            "malformed value is ignored.",
+            "schema": {"type": "string"},
+        },
+        {
+            "name": "X-Request-Id",
+            "in": "header",
+            "required": False,
+            "description": "Carried to the Kafka message and returned; a malformed value (not "
+            "1-128 of A-Z a-z 0-9 . _ ~ : @ + = / -) is replaced by a new one.",
+            "schema": {"type": "string"},
+        },
+    ]
+
+
+def _status_answer(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {
+            _JSON: {
+                "schema": {
+                    "type": "object",
+                    "required": ["status"],
+                    "properties": {"status": {"type": "string"}},
+                }
+            }
+        },
+    }
+
+
 def _filters(limits: Limits) -> list[dict[str, Any]]:
     return [
         {
@@ -226,7 +262,8 @@ def openapi_document(
                                 "maxLength": IDEMPOTENCY_KEY_MAX,
                                 "pattern": "^[!-~]+$",
                             },
-                        }
+                        },
+                        *_trace_headers(),
                     ],
                     "requestBody": {
                         "required": True,
@@ -304,6 +341,36 @@ def openapi_document(
                 "get": {
                     "summary": "Actor states; 200 when all run, 503 when something is degraded",
                     "responses": {"200": health, "503": health},
+                }
+            },
+            "/health/live": {
+                "get": {
+                    "summary": "Liveness: 200 while serving and no actor is being given up on",
+                    "responses": {
+                        "200": _status_answer("Live"),
+                        "503": _status_answer("An actor failed for good; restart the process"),
+                    },
+                }
+            },
+            "/health/ready": {
+                "get": {
+                    "summary": "Readiness: 200 when every actor runs and the consumer holds "
+                    "its assignment",
+                    "responses": {
+                        "200": _status_answer("Ready"),
+                        "503": _status_answer("Starting, degraded or stopping"),
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics in the text exposition format",
+                    "responses": {
+                        "200": {
+                            "description": "Every metric (README lists them)",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
                 }
             },
             "/openapi.json": {

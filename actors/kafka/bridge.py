@@ -22,10 +22,18 @@ from typing import Any, TypeVar
 import trio
 from confluent_kafka import KafkaError
 
-from actors.kafka.ports import KafkaFailure, KafkaFatalError
+from actors.kafka.ports import ClientStatistics, KafkaFailure, KafkaFatalError
 from actors.runtime.logs import log_fields
 
-__all__ = ["MAX_BLOCKING_SECONDS", "Bridge", "Connectivity", "failure_from", "known", "slices"]
+__all__ = [
+    "MAX_BLOCKING_SECONDS",
+    "Bridge",
+    "Connectivity",
+    "failure_from",
+    "known",
+    "slices",
+    "statistics_from",
+]
 
 log = logging.getLogger("actors.kafka")
 
@@ -89,6 +97,7 @@ class Connectivity:
     def __init__(self) -> None:
         self.connected: bool | None = None
         self.fatal: KafkaError | None = None
+        self.statistics: ClientStatistics | None = None
 
     def on_error(self, error: KafkaError) -> None:
         if error.fatal():
@@ -100,11 +109,13 @@ class Connectivity:
         )
 
     def on_stats(self, stats_json: str) -> None:
-        brokers = json.loads(stats_json).get("brokers", {}).values()
+        stats = json.loads(stats_json)
+        brokers = stats.get("brokers", {}).values()
         # Logical brokers (the group coordinator alias) mirror a real one; internal ones are
         # librdkafka's own. Only configured and learned brokers say whether a broker is reachable.
         real = [broker for broker in brokers if broker.get("source") in ("configured", "learned")]
         self.connected = any(broker.get("state") == "UP" for broker in real)
+        self.statistics = statistics_from(stats)
 
     def callbacks(self) -> dict[str, Any]:
         return {"error_cb": self.on_error, "stats_cb": self.on_stats}
@@ -112,6 +123,46 @@ class Connectivity:
     def raise_if_fatal(self) -> None:
         if self.fatal is not None:
             raise KafkaFatalError(f"{self.fatal.name()}: {self.fatal.str()}")
+
+
+def statistics_from(stats: dict[str, Any]) -> ClientStatistics:
+    """The values the metrics export, out of one parsed statistics report."""
+    lag: dict[tuple[str, int], int] = {}
+    for topic, topic_stats in stats.get("topics", {}).items():
+        for partition in topic_stats.get("partitions", {}).values():
+            number = partition.get("partition", -1)
+            if number < 0 or not partition.get("desired"):  # -1: librdkafka's unassigned queue
+                continue
+            known_lag = _partition_lag(partition)
+            if known_lag is not None:
+                lag[(topic, number)] = known_lag
+    return ClientStatistics(
+        queued_messages=stats.get("msg_cnt", 0),
+        assigned_partitions=stats.get("cgrp", {}).get("assignment_size", 0),
+        lag=lag,
+    )
+
+
+def _partition_lag(partition: dict[str, Any]) -> int | None:
+    """Messages after the position the store confirmed, ``None`` while that is unknown.
+
+    librdkafka's ``consumer_lag_stored`` is the high watermark minus the stored offset (what
+    the store confirmed: offsets are stored only then), ``consumer_lag`` the same from the
+    committed offset; each is -1 until librdkafka knows both ends. Before anything was stored
+    or committed, consumption starts at the earliest offset (``auto.offset.reset``), so the
+    lag is the partition's whole length. The high watermark comes with every fetch response,
+    so it is as fresh as the last fetch (see README: it is right on Tansu, whose ListOffsets
+    answer is not).
+    """
+    high = partition.get("hi_offset", -1)
+    if high < 0:
+        return None
+    for key in ("consumer_lag_stored", "consumer_lag"):
+        value = partition.get(key, -1)
+        if value >= 0:
+            return int(value)
+    low = partition.get("lo_offset", -1)
+    return max(0, high - low) if low >= 0 else None
 
 
 def slices(timeout: float) -> list[float]:

@@ -28,7 +28,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from actors.kafka.bridge import MAX_BLOCKING_SECONDS, Bridge, Connectivity, known
-from actors.kafka.ports import KafkaFatalError, Partition, PortClosed, Record
+from actors.kafka.ports import ClientStatistics, KafkaFatalError, Partition, PortClosed, Record
 from actors.runtime.logs import log_fields
 
 __all__ = ["KafkaConsumer"]
@@ -60,6 +60,10 @@ class KafkaConsumer:
     @property
     def connected(self) -> bool | None:
         return self._connectivity.connected
+
+    @property
+    def statistics(self) -> ClientStatistics | None:
+        return self._connectivity.statistics
 
     @property
     def assigned(self) -> bool:

@@ -9,7 +9,7 @@ actor code run against both. :class:`KafkaPorts` bundles how the actors open the
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
 
 import attrs
@@ -17,6 +17,7 @@ import attrs
 from actors.domain.messages import Placed
 
 __all__ = [
+    "ClientStatistics",
     "ConsumerPort",
     "DeliveryReport",
     "KafkaFailure",
@@ -83,6 +84,21 @@ class Record:
     headers: tuple[tuple[str, bytes], ...] = ()
 
 
+@attrs.frozen(kw_only=True)
+class ClientStatistics:
+    """What a client's latest librdkafka statistics report says (one comes every second).
+
+    ``queued_messages``: messages in a producer's queues, not yet acknowledged (``msg_cnt``).
+    ``assigned_partitions``: a consumer's assignment size (``cgrp.assignment_size``).
+    ``lag``: per assigned ``(topic, partition)`` whose lag is known, librdkafka's
+    ``consumer_lag``: high watermark minus the consumer's position, never below 0.
+    """
+
+    queued_messages: int = 0
+    assigned_partitions: int = 0
+    lag: Mapping[tuple[str, int], int] = attrs.field(factory=dict)
+
+
 class ProducerPort(Protocol):
     """A Kafka producer whose blocking calls are awaitable.
 
@@ -93,6 +109,11 @@ class ProducerPort(Protocol):
     @property
     def connected(self) -> bool | None:
         """Whether a broker connection is up; ``None`` until the client knows."""
+        ...
+
+    @property
+    def statistics(self) -> ClientStatistics | None:
+        """The latest statistics report; ``None`` until the first one."""
         ...
 
     def produce(
@@ -148,6 +169,11 @@ class ConsumerPort(Protocol):
     @property
     def assigned(self) -> bool:
         """Whether the member has joined the group and holds its (possibly empty) assignment."""
+        ...
+
+    @property
+    def statistics(self) -> ClientStatistics | None:
+        """The latest statistics report; ``None`` until the first one."""
         ...
 
     @property

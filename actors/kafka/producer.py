@@ -16,7 +16,14 @@ from actors.kafka.bridge import (
     known,
     slices,
 )
-from actors.kafka.ports import DeliveryReport, Headers, Placed, PortClosed, ProduceRejected
+from actors.kafka.ports import (
+    ClientStatistics,
+    DeliveryReport,
+    Headers,
+    Placed,
+    PortClosed,
+    ProduceRejected,
+)
 
 __all__ = ["KafkaProducer"]
 
@@ -33,6 +40,10 @@ class KafkaProducer:
     @property
     def connected(self) -> bool | None:
         return self._connectivity.connected
+
+    @property
+    def statistics(self) -> ClientStatistics | None:
+        return self._connectivity.statistics
 
     def produce(
         self,

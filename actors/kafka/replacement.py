@@ -40,6 +40,7 @@ import attrs
 import trio
 
 from actors.kafka.ports import (
+    ClientStatistics,
     DeliveryReport,
     Headers,
     KafkaFailure,
@@ -162,6 +163,10 @@ class ReplacingProducer:
     @property
     def connected(self) -> bool | None:
         return self._current.connected
+
+    @property
+    def statistics(self) -> ClientStatistics | None:
+        return self._current.statistics
 
     def produce(
         self,

@@ -1,1 +1,1 @@
-"""What every actor runs on: settings, health, logs, backoff, restart supervision, signals."""
+"""What every actor runs on: settings, health, metrics, logs, backoff, supervision, signals."""

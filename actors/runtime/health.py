@@ -27,6 +27,8 @@ class ActorState(enum.Enum):
     DEGRADED = "degraded"
     RESTARTING = "restarting"
     STOPPED = "stopped"
+    #: Given up on by its supervisor: the service is ending (``GET /health/live`` fails).
+    FAILED = "failed"
 
 
 class Health:
@@ -59,6 +61,14 @@ class Health:
 
     def gauge(self, name: str, value: int) -> None:
         self.gauges[name] = value
+
+    def states(self) -> dict[str, ActorState]:
+        return {name: value.value for name, value in self._states.items()}
+
+    @property
+    def live(self) -> bool:
+        """No actor is being given up on (the process may be starting, degraded or stopping)."""
+        return all(value.value is not ActorState.FAILED for value in self._states.values())
 
     @property
     def healthy(self) -> bool:

@@ -12,6 +12,7 @@ import trio
 
 from actors.runtime.backoff import Backoff
 from actors.runtime.health import ActorState, Health
+from actors.runtime.metrics import Metrics
 
 __all__ = ["RestartPolicy", "TooManyRestarts", "innermost", "supervise_actor"]
 
@@ -37,11 +38,13 @@ async def supervise_actor(
     *,
     policy: RestartPolicy,
     health: Health,
+    metrics: Metrics | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run ``actor`` and restart it when it fails, until it returns normally.
 
-    ``task_status.started()`` is reported once, when the first incarnation has started.
+    ``task_status.started()`` is reported once, when the first incarnation has started. Each
+    restart is counted in ``metrics``; giving up reports the actor ``failed`` in ``health``.
 
     Raises:
         TooManyRestarts: after ``policy.max_failures`` failures within ``policy.window``.
@@ -76,12 +79,15 @@ async def supervise_actor(
                 },
             )
             if giving_up:
+                health.report(name, ActorState.FAILED, f"{len(failures)} failures; giving up")
                 raise TooManyRestarts(
                     f"{name} failed {len(failures)} times within {policy.window:g} s"
                 ) from error
             health.report(
                 name, ActorState.RESTARTING, f"{type(error).__name__}; retry in {delay:.2f} s"
             )
+            if metrics is not None:
+                metrics.actor_restarted(name)
             await trio.sleep(delay)
         else:
             return

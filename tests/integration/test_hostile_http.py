@@ -551,6 +551,9 @@ def test_openapi_document_is_served(service: Services) -> None:
         "/events/stream",
         "/events/{eventId}",
         "/health",
+        "/health/live",
+        "/health/ready",
+        "/metrics",
         "/openapi.json",
     }
     new_event = document["components"]["schemas"]["NewEvent"]

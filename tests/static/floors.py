@@ -142,10 +142,10 @@ def drawing() -> str:
             path = unit.replace(".", "/")
             if (REPO_ROOT / path).is_dir():
                 names = sorted(m.path.stem for m in members if m.path.stem != "__init__")
-                lines.append(f"{label:<8} {path + '/':<20} {_summary(unit, members)}")
-                lines.append(f"{'':<29} {', '.join(names)}")
+                lines.append(f"{label:<8} {path + '/':<22} {_summary(unit, members)}")
+                lines.append(f"{'':<31} {', '.join(names)}")
             else:
-                lines.append(f"{label:<8} {path + '.py':<20} {_summary(unit, members)}")
+                lines.append(f"{label:<8} {path + '.py':<22} {_summary(unit, members)}")
             label = ""
     return "\n".join(lines)
 

@@ -303,12 +303,13 @@ def _dockerfile_probe(stages: dict[str, Stage]) -> list[str]:
 def test_healthcheck_calls_get_health_on_http_port_without_curl(
     stages: dict[str, Stage],
 ) -> None:
-    """HEALTHCHECK runs Python (no curl in a slim image) against /health on $HTTP_PORT."""
+    """HEALTHCHECK runs Python (no curl in a slim image) against readiness, /health/ready, on
+    $HTTP_PORT."""
     probe = _dockerfile_probe(stages)
     assert probe[:2] == ["python", "-c"]
     code = probe[2]
     compile(code, "<HEALTHCHECK>", "exec")
-    assert "/health" in code
+    assert "/health/ready'" in code
     assert "HTTP_PORT" in code
     assert not {"curl", "wget"} & set(" ".join(probe).split())
 
@@ -480,13 +481,14 @@ def test_files_cited_in_comments_exist(path: Path) -> None:
 
 @pytest.fixture
 def health_server() -> Iterator[dict[str, Any]]:
-    """A loopback HTTP server; set ``state["status"]`` to choose what GET /health answers."""
+    """A loopback HTTP server; set ``state["status"]`` to choose what GET /health/ready answers
+    (every other path is 404, so a probe of another path fails)."""
     state: dict[str, Any] = {"status": 200, "paths": []}
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             state["paths"].append(self.path)
-            status = state["status"] if self.path == "/health" else 404
+            status = state["status"] if self.path == "/health/ready" else 404
             self.send_response(status)
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -520,7 +522,7 @@ def test_health_probe_passes_on_200_and_fails_on_503(
     health_server: dict[str, Any],
     source: str,
 ) -> None:
-    """The probe exits 0 when GET /health on $HTTP_PORT answers 200 and non-zero on 503."""
+    """The probe exits 0 when GET /health/ready on $HTTP_PORT answers 200 and non-zero on 503."""
     probe = _dockerfile_probe(stages) if source == "Dockerfile" else _compose_probe(services)
     assert probe[0] == "python"
     command = [sys.executable, *probe[1:]]
@@ -532,7 +534,7 @@ def test_health_probe_passes_on_200_and_fails_on_503(
     assert run() == 0
     health_server["status"] = 503
     assert run() != 0
-    assert health_server["paths"] == ["/health", "/health"]
+    assert health_server["paths"] == ["/health/ready", "/health/ready"]
 
 
 # --- docker-compose.yml -----------------------------------------------------------------------
@@ -571,9 +573,26 @@ def test_compose_schema_check_rejects_a_broken_file(tmp_path: Path) -> None:
     assert result.returncode != 0
 
 
+#: The services of the `monitoring` profile, which start only with `--profile monitoring`.
+MONITORING = {"prometheus", "grafana", "kafka-ui"}
+
+
 def test_compose_has_zookeeper_kafka_and_app(services: dict[str, Any]) -> None:
-    """Exactly the three services: zookeeper, kafka and the app."""
-    assert set(services) == {"zookeeper", "kafka", "app"}
+    """Without a profile, exactly the three services: zookeeper, kafka and the app."""
+    default = {name for name, service in services.items() if not service.get("profiles")}
+    assert default == {"zookeeper", "kafka", "app"}
+
+
+def test_monitoring_services_start_only_with_their_profile(services: dict[str, Any]) -> None:
+    """Prometheus, Grafana and Kafka UI are in the `monitoring` profile and no other, and no
+    service of the default stack depends on them."""
+    assert {name: services[name].get("profiles") for name in MONITORING} == {
+        name: ["monitoring"] for name in MONITORING
+    }
+    assert set(services) == {"zookeeper", "kafka", "app"} | MONITORING
+    for name, service in services.items():
+        if name not in MONITORING:
+            assert not set(service.get("depends_on", {})) & MONITORING, name
 
 
 def test_confluent_images_are_pinned_to_one_7_4_release(services: dict[str, Any]) -> None:
@@ -678,9 +697,9 @@ def test_kafka_healthcheck_asks_the_broker(services: dict[str, Any]) -> None:
 
 
 def test_app_healthcheck_asks_get_health(services: dict[str, Any]) -> None:
-    """The app's check requests /health on HTTP_PORT."""
+    """The app's check requests readiness, /health/ready, on HTTP_PORT."""
     command = healthcheck_command(services["app"])
-    assert "/health" in command
+    assert "/health/ready'" in command
     assert "HTTP_PORT" in command
 
 

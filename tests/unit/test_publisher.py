@@ -251,7 +251,7 @@ async def test_full_producer_queue_until_the_deadline_fails_retriable(
     producer.refuse(BufferError("Local: Queue full"), times=100)
     async with running_publisher(producer, health) as inbox:
         outcome, at = await publish(inbox, make_event(), timeout=0.35)
-    assert outcome == PublishFailed(reason="producer queue full", retriable=True)
+    assert outcome == PublishFailed(reason="producer queue full", retriable=True, kind="queue_full")
     assert at == approx(0.3)
     assert producer.attempts == approx([0.0, 0.1, 0.2, 0.3])
 
