@@ -12,6 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+#: Exercises no broker behaviour of its own: runs in the Tansu leg only (see .ci/run).
+pytestmark = pytest.mark.broker_neutral
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 

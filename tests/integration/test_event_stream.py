@@ -15,6 +15,7 @@ from typing import Any
 
 import attrs
 import httpx
+import pytest
 from support.services import ServiceHandle, Services, Spawn
 
 #: How soon a stored event must reach a reading subscriber (the issue's bound).
@@ -143,6 +144,7 @@ def test_a_reader_resumes_after_a_disconnect_without_a_gap(service: Services) ->
     assert len(again.messages) == 6
 
 
+@pytest.mark.broker_neutral  # the store's and the stream's own costs
 def test_streams_beyond_max_stream_subscribers_get_503(process_control: Spawn) -> None:
     """With MAX_STREAM_SUBSCRIBERS=2 a third stream is refused with 503 and Retry-After."""
     app = process_control({"MAX_STREAM_SUBSCRIBERS": "2"})
@@ -193,6 +195,7 @@ def throughput(app: ServiceHandle, count: int) -> float:
     return count / (time.monotonic() - started)
 
 
+@pytest.mark.broker_neutral  # the store's and the stream's own costs
 def test_a_subscriber_that_reads_nothing_does_not_slow_posting_or_consuming(
     process_control: Spawn,
 ) -> None:

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from support.brokers import selected_kind, start_broker
 from support.services import REPO_ROOT, Spawn
 from support.waiting import wait_until
@@ -34,6 +35,7 @@ def readme_read_topic_snippet() -> str:
     return found.group(1)
 
 
+@pytest.mark.broker_neutral
 def test_local_broker_is_named_in_one_plain_line_and_readable_from_the_host(
     process_control: Spawn,
 ) -> None:
@@ -99,6 +101,7 @@ def test_http_is_up_at_once_without_a_broker_and_all_works_once_one_answers(
         broker.stop()
 
 
+@pytest.mark.broker_neutral
 def test_taken_http_port_fails_at_once_with_one_line_and_status_2(process_control: Spawn) -> None:
     """With HTTP_PORT already in use the process exits 2 within seconds, its whole output one
     line naming the variable."""

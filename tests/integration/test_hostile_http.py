@@ -20,10 +20,14 @@ from typing import Any
 
 import attrs
 import httpx
+import pytest
 from support.kafka_tools import KafkaTools
 from support.services import ServiceHandle, Services, Spawn
 
 from actors.runtime.settings import SETTINGS
+
+#: Exercises no broker behaviour of its own: runs in the Tansu leg only (see .ci/run).
+pytestmark = pytest.mark.broker_neutral
 
 DEFAULTS = {setting.variable: setting.default for setting in SETTINGS}
 MAX_BODY_BYTES = int(DEFAULTS["MAX_BODY_BYTES"])

@@ -22,6 +22,9 @@ import pytest
 from support.services import ServiceProcess, Services, Spawn, spawn_module
 from support.waiting import wait_until
 
+#: Exercises no broker behaviour of its own: runs in the Tansu leg only (see .ci/run).
+pytestmark = pytest.mark.broker_neutral
+
 #: Connections held idle at once in the descriptor test.
 IDLE_CONNECTIONS = 5000
 

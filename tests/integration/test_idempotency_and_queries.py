@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+import pytest
 from support.kafka_tools import KafkaTools
 from support.services import ServiceHandle, Services, Spawn, rss_bytes
 
@@ -193,6 +194,7 @@ def stored(app: ServiceHandle) -> int:
     return count
 
 
+@pytest.mark.broker_neutral  # the store's and the stream's own costs
 def test_a_page_costs_the_same_with_100k_events_as_with_1k(
     process_control: Spawn, kafka: KafkaTools
 ) -> None:

@@ -18,6 +18,9 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from support.services import Services
 
+#: Exercises no broker behaviour of its own: runs in the Tansu leg only (see .ci/run).
+pytestmark = pytest.mark.broker_neutral
+
 CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
 
 

@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 import signal
 
+import pytest
 from support.services import Spawn
 from support.waiting import wait_until
+
+#: Exercises no broker behaviour of its own: runs in the Tansu leg only (see .ci/run).
+pytestmark = pytest.mark.broker_neutral
 
 
 def _running(pid: int) -> bool:
