@@ -7,6 +7,7 @@ leg exercises is configured as the compose stack's.
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from support.apache_kafka import (
     KRAFT_BROKER_SETTINGS,
     TEST_ONLY_SETTINGS,
     ZK_DISTRIBUTION,
+    cluster_id_from,
 )
 
 from .container_files import parse_listeners, read_compose, service_environment
@@ -97,3 +99,11 @@ def test_zookeeper_broker_is_the_compose_images_kafka_version(compose: dict[str,
     image = compose["services"]["kafka"]["image"]
     assert image.startswith("confluentinc/cp-kafka:7.4."), image
     assert ZK_DISTRIBUTION.version.startswith("3.4."), ZK_DISTRIBUTION.version
+
+
+def test_a_kraft_cluster_id_never_starts_with_a_dash() -> None:
+    """kafka-storage's parser reads ``-t -abc…`` as an option; one UUID in 64 encodes so."""
+    dashed = b"\xf8" + bytes(15)  # base64url "-A…"
+    plain = bytes(16)
+    assert base64.urlsafe_b64encode(dashed).startswith(b"-")
+    assert cluster_id_from([dashed, plain]) == base64.urlsafe_b64encode(plain).decode().rstrip("=")

@@ -27,6 +27,7 @@ import argparse
 import base64
 import contextlib
 import fcntl
+import itertools
 import os
 import shutil
 import signal
@@ -35,7 +36,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import attrs
@@ -57,6 +58,7 @@ __all__ = [
     "KafkaBrokerError",
     "broker_settings",
     "cache_root",
+    "cluster_id_from",
     "fetch",
     "start_kafka",
     "wait_ready",
@@ -503,10 +505,20 @@ def start_kafka(
     return broker
 
 
+def cluster_id_from(candidates: Iterable[bytes]) -> str:
+    """A base64url UUID without padding, as ``kafka-storage random-uuid`` prints it: the first
+    candidate whose text does not start with ``-`` (Kafka's ``Uuid.randomUuid`` skips those too;
+    the tool's argument parser would read one as an option)."""
+    for candidate in candidates:
+        text = base64.urlsafe_b64encode(candidate).decode().rstrip("=")
+        if not text.startswith("-"):
+            return text
+    raise ValueError("no candidate cluster id")
+
+
 def _format_storage(broker: KafkaBroker, config: Path) -> None:
     """``kafka-storage format``: a KRaft node's log folder needs a cluster id before start."""
-    # A base64url UUID without padding, as ``kafka-storage random-uuid`` prints it.
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    cluster_id = cluster_id_from(uuid.uuid4().bytes for _ in itertools.count())
     result = subprocess.run(
         [
             _java(),
