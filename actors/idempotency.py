@@ -14,6 +14,12 @@ Commands arrive one at a time through the inbox, so "look up, then claim" needs 
     Claim(key, fingerprint, reply)   -> Claimed | Replay | InFlight | KeyReused | LedgerFull
     Settle(key, created=Replay(...)) -> remembered until now + ttl
     Settle(key, created=None)        -> forgotten
+    ClaimMany(((key, fingerprint), ...), reply) -> one outcome per claim, in order
+    SettleMany(((key, created), ...))
+
+The keyed items of one batch are claimed and settled with one message each way; within it
+they are claimed in order, so a key that two items of one batch carry is in flight for the
+second (409) or, with another body, reused (422).
 """
 
 from __future__ import annotations
@@ -21,12 +27,14 @@ from __future__ import annotations
 import collections
 import struct
 import uuid
+from typing import TypeVar
 
 import trio
 
 from actors.domain.messages import (
     Claim,
     Claimed,
+    ClaimMany,
     ClaimOutcome,
     InFlight,
     KeyReused,
@@ -34,12 +42,15 @@ from actors.domain.messages import (
     LedgerFull,
     Replay,
     Settle,
+    SettleMany,
 )
 from actors.runtime.health import ActorState, Health
 
 __all__ = ["BYTES_PER_KEY", "IdempotencyLedger", "run_idempotency_ledger"]
 
 ACTOR = "idempotency"
+
+T = TypeVar("T")
 
 #: Memory one remembered key costs with a 36-character key (a UUID, as most clients send):
 #: the key string (85), its record of digest, eventId, expiry and timestamp in one bytes
@@ -162,20 +173,43 @@ async def run_idempotency_ledger(
     task_status.started()
     async for command in inbox:
         now = trio.current_time()
+        evicted_before = ledger.evicted
         match command:
             case Claim(key=key, fingerprint=fingerprint, reply=channel):
-                evicted_before = ledger.evicted
                 outcome = ledger.claim(key, fingerprint, now)
-                if isinstance(outcome, Replay):
-                    health.count("idempotent_replays")
-                if ledger.evicted != evicted_before:
-                    health.count("idempotency_keys_evicted", ledger.evicted - evicted_before)
-                try:
-                    channel.send_nowait(outcome)
-                except (trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
-                    if isinstance(outcome, Claimed):
-                        ledger.settle(key, None, now)
+                _answer_claims(ledger, health, ((key, outcome),), channel, outcome, now)
+            case ClaimMany(claims=claims, reply=many_channel):
+                keys = tuple(key for key, _ in claims)
+                outcomes = tuple(ledger.claim(key, digest, now) for key, digest in claims)
+                keyed = tuple(zip(keys, outcomes, strict=True))
+                _answer_claims(ledger, health, keyed, many_channel, outcomes, now)
             case Settle(key=key, created=created):
                 ledger.settle(key, created, now)
+            case SettleMany(settled=settled):
+                for key, created in settled:
+                    ledger.settle(key, created, now)
+        if ledger.evicted != evicted_before:
+            health.count("idempotency_keys_evicted", ledger.evicted - evicted_before)
         health.gauge("idempotency_keys", len(ledger))
     health.report(ACTOR, ActorState.STOPPED)
+
+
+def _answer_claims(
+    ledger: IdempotencyLedger,
+    health: Health,
+    outcomes: tuple[tuple[str, ClaimOutcome], ...],
+    channel: trio.MemorySendChannel[T],
+    answer: T,
+    now: float,
+) -> None:
+    """Send ``answer``; when it cannot be delivered (the caller stopped waiting), withdraw the
+    claims it made, since nobody would settle them."""
+    replays = sum(1 for _, outcome in outcomes if isinstance(outcome, Replay))
+    if replays:
+        health.count("idempotent_replays", replays)
+    try:
+        channel.send_nowait(answer)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
+        for key, outcome in outcomes:
+            if isinstance(outcome, Claimed):
+                ledger.settle(key, None, now)

@@ -1,17 +1,22 @@
-"""What a change costs in POST throughput: this checkout against a git revision, interleaved.
+"""What a change costs in POST throughput: two variants of the service, in alternating rounds.
 
-The revision's tree is exported (``git archive``) to a temporary folder and run with this
-checkout's virtualenv, so both sides use the same libraries and differ only in the service's
-code. Rounds alternate between the two, which goes first alternating too (A B, B A, A B, ...),
-each on a fresh local broker and a fresh service process, so that the noise of a shared
-machine and any warm-up falls on both alike. Each round reports
-POSTs per second and the service process's CPU time per POST (user + system, all its threads,
-from /proc): on a busy machine throughput follows the neighbours' load, CPU time per request
-much less. Prints each round and the median of each side; asserts nothing.
+The baseline is either a git revision, whose tree is exported (``git archive``) to a temporary
+folder and run with this checkout's virtualenv (so both sides use the same libraries and differ
+only in the service's code), or ``metrics-off``: this checkout with every per-request and
+per-event metrics recording made a no-op (``bench/metrics_off.py``), which isolates what metrics
+cost. Each side is one service process on a fresh local broker of its own, started once and warmed
+up; then short rounds of closed-loop load alternate between the two, which goes first
+alternating too (A B, B A, A B, ...), so that the noise of a shared machine falls on both alike
+and each pair of rounds shares its moment's noise. Each round reports POSTs per second and the
+service process's CPU time per POST (user + system, all its threads, from /proc). The load is
+``wrk`` (``bench/post.lua``, keep-alive) when it is on PATH, else bench/perf.py's asyncio
+client. Prints each round, the median of each side and the median of the paired rounds'
+ratios; asserts nothing.
 
-    .venv/bin/python bench/cost_of_change.py --baseline main --events 3000 --concurrency 64
+    .venv/bin/python bench/cost_of_change.py --baseline metrics-off --rounds 20
+    .venv/bin/python bench/cost_of_change.py --baseline main --seconds 5 --concurrency 64
 
-Measured this way: the cost of metrics and trace context on the hot path (README, "Metrics").
+Measured this way: the cost of metrics on the hot path (README, "Metrics").
 """
 
 from __future__ import annotations
@@ -19,24 +24,38 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import tarfile
 import tempfile
-import time
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import httpx
+import attrs
+
+# bench/ is this script's folder, so its sibling is importable as a module.
+from perf import HOST, SERVICE_ENV, AsyncioClient, Generator, Process, Wrk, event_body
 
 from actors.devtools.local_broker import free_port, local_broker
 
 ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
 
-#: POSTs sent before the measured ones: the producer's first delivery takes ~0.5 s on Tansu.
-WARM_UP_EVENTS = 200
+#: The baseline that is this checkout without metrics recordings.
+METRICS_OFF = "metrics-off"
+
+#: The POST bodies the load cycles through.
+BODIES = [event_body(index) for index in range(1000)]
+
+
+@attrs.frozen(kw_only=True)
+class Variant:
+    """How to start one side: its command line and the folder its ``actors`` package is in."""
+
+    argv: tuple[str, ...]
+    tree: Path
 
 
 @contextlib.contextmanager
@@ -54,93 +73,96 @@ def exported(revision: str) -> Iterator[Path]:
         yield Path(folder) / "tree"
 
 
-def _wait_healthy(client: httpx.Client, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.TransportError):
-            if client.get("/health").status_code == 200:
-                return
-        time.sleep(0.1)
-    raise SystemExit("service did not become healthy")
+@contextlib.contextmanager
+def baseline_variant(baseline: str) -> Iterator[Variant]:
+    if baseline == METRICS_OFF:
+        yield Variant(argv=(sys.executable, str(HERE / "metrics_off.py")), tree=ROOT)
+        return
+    with exported(baseline) as tree:
+        yield Variant(argv=(sys.executable, "-m", "actors"), tree=tree)
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User plus system time of process ``pid`` and all its threads so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def one_round(tree: Path, events: int, concurrency: int) -> tuple[float, float]:
-    """POSTs per second (201 answers) of the service in ``tree`` and its CPU milliseconds per
-    POST, on a fresh broker and process."""
+@contextlib.contextmanager
+def running(variant: Variant) -> Iterator[Process]:
+    """``variant`` serving on its own fresh local broker, healthy and warmed up."""
     port = free_port()
     with local_broker() as broker:
-        env = os.environ | {
+        env = os.environ | SERVICE_ENV
+        env |= {
             "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
-            "HTTP_HOST": "127.0.0.1",
+            "HTTP_HOST": HOST,
             "HTTP_PORT": str(port),
-            "KAFKA_SESSION_TIMEOUT_MS": "1000",
-            "KAFKA_HEARTBEAT_INTERVAL_MS": "300",
-            "KAFKA_FETCH_WAIT_MAX_MS": "100",
-            "LOG_LEVEL": "WARNING",
-            # `python -m actors` from `tree` imports that tree's package, not this checkout's.
-            "PYTHONPATH": str(tree),
+            "PYTHONPATH": str(variant.tree),
         }
-        service = subprocess.Popen([sys.executable, "-m", "actors"], cwd=tree, env=env)
+        # `python -m actors` run in `tree` imports that tree's package, not this checkout's.
+        process = Process(variant.argv, env, port, cwd=variant.tree)
         try:
-            limits = httpx.Limits(
-                max_connections=concurrency, max_keepalive_connections=concurrency
-            )
-            with httpx.Client(
-                base_url=f"http://127.0.0.1:{port}", timeout=30, limits=limits
-            ) as client:
-                _wait_healthy(client, 30)
-                _post_all(client, WARM_UP_EVENTS, concurrency)
-                started, cpu = time.perf_counter(), _cpu_seconds(service.pid)
-                accepted = _post_all(client, events, concurrency)
-                elapsed = time.perf_counter() - started
-                cpu_ms = (_cpu_seconds(service.pid) - cpu) * 1000 / max(accepted, 1)
-                return accepted / elapsed, cpu_ms
+            process.wait_healthy(30)
+            yield process
         finally:
-            service.terminate()
-            service.wait(30)
+            process.stop()
 
 
-def _post_all(client: httpx.Client, events: int, concurrency: int) -> int:
-    def post(index: int) -> int:
-        try:
-            response = client.post(
-                "/events/generate",
-                json={
-                    "userId": f"user-{index % 100}",
-                    "eventType": "PRODUCT_VIEW",
-                    "payload": {"productId": f"sku-{index}"},
-                },
-            )
-        except httpx.TransportError:  # e.g. a keep-alive connection closed as it was reused
-            return 0
-        return response.status_code
-
-    with ThreadPoolExecutor(concurrency) as pool:
-        return sum(1 for status in pool.map(post, range(events)) if status == 201)
+def one_round(
+    process: Process, generator: Generator, concurrency: int, seconds: float
+) -> tuple[float, float]:
+    """POSTs per second (2xx answers) of the service ``process`` and its CPU milliseconds per
+    POST over ``seconds`` of closed-loop load."""
+    cpu = process.cpu_seconds()
+    result = generator.run(process.port, "/events/generate", BODIES, concurrency, seconds)
+    accepted = result.requests - result.failed
+    cpu_ms = (process.cpu_seconds() - cpu) * 1000 / max(accepted, 1)
+    return accepted / result.seconds, cpu_ms
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--baseline", default="main", help="git revision to compare with")
-    parser.add_argument("--events", type=int, default=3000)
+def _generator() -> Generator:
+    wrk = shutil.which("wrk")
+    return AsyncioClient() if wrk is None else Wrk(wrk)
+
+
+def _report(baseline: str, rates: dict[str, list[float]], cpu: dict[str, list[float]]) -> None:
+    """Medians of each side, and the median of the rounds' paired ratios (each round's two
+    measurements ran back to back, so they share that moment's noise)."""
+    for what, values, better in (("POST/s", rates, -1), ("CPU ms/POST", cpu, 1)):
+        base = statistics.median(values["baseline"])
+        this = statistics.median(values["this checkout"])
+        cost = (this - base) / base * 100 * better
+        pairs = zip(values["this checkout"], values["baseline"], strict=True)
+        paired = statistics.median((ours / theirs - 1) * 100 * better for ours, theirs in pairs)
+        print(
+            f"median {what:<12} {baseline} {base:8.3f}  this checkout {this:8.3f}"
+            f"  cost {cost:+.1f} %  (median of paired rounds {paired:+.1f} %)"
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument(
+        "--baseline",
+        default="main",
+        help=f"git revision to compare with, or {METRICS_OFF} (this checkout, no recordings)",
+    )
+    parser.add_argument("--seconds", type=float, default=3, help="measured load per round")
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=3, help="rounds per side")
-    args = parser.parse_args()
+    parser.add_argument("--rounds", type=int, default=20, help="rounds per side")
+    args = parser.parse_args(argv)
 
+    generator = _generator()
     rates: dict[str, list[float]] = {"baseline": [], "this checkout": []}
     cpu: dict[str, list[float]] = {"baseline": [], "this checkout": []}
-    with exported(args.baseline) as baseline:
-        sides = {"baseline": baseline, "this checkout": ROOT}
+    this_checkout = Variant(argv=(sys.executable, "-m", "actors"), tree=ROOT)
+    with (
+        baseline_variant(args.baseline) as variant,
+        running(variant) as baseline,
+        running(this_checkout) as checkout,
+    ):
+        sides = {"baseline": baseline, "this checkout": checkout}
+        for process in sides.values():  # the first deliveries of a fresh producer are slow
+            generator.run(process.port, "/events/generate", BODIES, args.concurrency, 2)
         for number in range(1, args.rounds + 1):
             order = list(sides.items()) if number % 2 else list(sides.items())[::-1]
-            for side, tree in order:
-                rate, cpu_ms = one_round(tree, args.events, args.concurrency)
+            for side, process in order:
+                rate, cpu_ms = one_round(process, generator, args.concurrency, args.seconds)
                 rates[side].append(rate)
                 cpu[side].append(cpu_ms)
                 print(
@@ -148,15 +170,10 @@ def main() -> None:
                     flush=True,
                 )
     print(
-        f"events {args.events} per round, concurrency {args.concurrency}, baseline {args.baseline}"
+        f"{args.seconds:g} s per round, concurrency {args.concurrency}, load {generator.name},"
+        f" baseline {args.baseline}, load average {os.getloadavg()[0]:.1f}"
     )
-    for what, values, better in (("POST/s", rates, -1), ("CPU ms/POST", cpu, 1)):
-        base = statistics.median(values["baseline"])
-        this = statistics.median(values["this checkout"])
-        cost = (this - base) / base * 100 * better
-        print(
-            f"median {what:<12} baseline {base:8.3f}  this checkout {this:8.3f}  cost {cost:+.1f} %"
-        )
+    _report(args.baseline, rates, cpu)
 
 
 if __name__ == "__main__":

@@ -52,7 +52,8 @@ from confluent_kafka import Producer
 
 from actors.devtools.local_broker import LocalBroker, free_port, local_broker
 from actors.domain.events import new_event
-from actors.runtime.settings import SETTINGS
+from actors.kafka.config import producer_config
+from actors.runtime.settings import SETTINGS, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
@@ -115,12 +116,14 @@ TINY = Profile(
 class Process:
     """A child process under test: its CPU time and resident memory, read from /proc."""
 
-    def __init__(self, argv: Sequence[str], env: dict[str, str], port: int) -> None:
+    def __init__(
+        self, argv: Sequence[str], env: dict[str, str], port: int, cwd: Path = ROOT
+    ) -> None:
         self.port = port
         self.started = time.perf_counter()
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 -- lives as long as the child
         self.popen = subprocess.Popen(
-            argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=self._stderr
+            argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=self._stderr
         )
 
     @property
@@ -544,6 +547,40 @@ def fill_topic(bootstrap: str, start: int, count: int) -> None:
     producer.flush(60)
 
 
+def producer_round_trip(bootstrap: str, samples: int) -> dict[str, float]:
+    """The broker's part of a confirmed POST at C=1: a bare confluent-kafka producer with the
+    service's producer settings (its defaults: idempotent, ``acks=all``, ``KAFKA_LINGER_MS``)
+    produces one event at a time and polls until the broker acknowledged it. No single POST
+    can answer 201 sooner than the null app's p50 plus this."""
+    settings = load_settings(_clean_environment() | SERVICE_ENV).kafka
+    config = producer_config(attrs.evolve(settings, bootstrap_servers=bootstrap))
+    config.pop("logger")
+    producer = Producer(config)
+    warm_up = 20
+    latencies = []
+    acknowledged: list[object] = []
+    for index in range(warm_up + samples):
+        event = new_event(user_id=f"user-{index}", event_type="LOGIN", payload={})
+        acknowledged.clear()
+        started = time.perf_counter()
+        producer.produce(
+            TOPIC,
+            key=event.user_id.encode(),
+            value=event.to_json(),
+            on_delivery=lambda error, _: acknowledged.append(error),
+        )
+        while not acknowledged:
+            producer.poll(1)
+        if index >= warm_up:
+            latencies.append(time.perf_counter() - started)
+    producer.flush(10)
+    latencies.sort()
+    return {
+        "p50_ms": _quantile(latencies, 0.50) * 1000,
+        "p99_ms": _quantile(latencies, 0.99) * 1000,
+    }
+
+
 def wait_stored(port: int, count: int, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while health(port)["gauges"].get("store_events", 0) < count:
@@ -616,6 +653,9 @@ def measure(
                 key = f"post_c{concurrency}"
                 service_results[key] = _medians(rounds["service"])
                 floor_results[key] = _medians(rounds["floor"])
+        floor_results["round_trip"] = producer_round_trip(
+            broker.bootstrap_servers, profile.e2e_samples * 3
+        )
         if post_only:
             return {"service": service_results, "floor": floor_results}
         service_results["batch"] = batch_ingest(ours, generator, profile)
@@ -655,6 +695,17 @@ def table(results: dict[str, Any]) -> str:
             theirs["cpu_ms_per_req"],
             "ms",
             3,
+        )
+    round_trip = floor.get("round_trip")
+    if round_trip:
+        single = service_figures["post_c1"]["p50_ms"]
+        floor_single = floor["post_c1"]["p50_ms"]
+        rows.append(("bare producer round trip, p50", "-", f"{round_trip['p50_ms']:.2f} ms", "-"))
+        row(
+            "POST p50, C=1, vs null app + round trip",
+            single,
+            floor_single + round_trip["p50_ms"],
+            "ms",
         )
     for key, label in (("e2e_idle", "idle"), ("e2e_steady", "steady POSTs")):
         if key in service_figures:

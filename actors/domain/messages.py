@@ -9,7 +9,8 @@ Mailboxes:
   :data:`PublishOutcome`, or a :class:`PublishBatch`, answered with one per event.
 - store inbox: :data:`StoreCommand` (:class:`Put`, :class:`PutMany`, :class:`ReadEvents`,
   :class:`GetEvent` or :class:`Subscribe`).
-- idempotency ledger inbox: :data:`LedgerCommand` (:class:`Claim` or :class:`Settle`).
+- idempotency ledger inbox: :data:`LedgerCommand` (:class:`Claim` or :class:`Settle`, or
+  :class:`ClaimMany` and :class:`SettleMany` for the keyed items of a batch).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from actors.domain.trace import TraceContext
 
 __all__ = [
     "Claim",
+    "ClaimMany",
     "ClaimOutcome",
     "Claimed",
     "Duplicate",
@@ -49,6 +51,7 @@ __all__ = [
     "ReadEvents",
     "Replay",
     "Settle",
+    "SettleMany",
     "StoreCommand",
     "Stored",
     "StreamedEvent",
@@ -325,7 +328,23 @@ class Settle:
     created: Replay | None
 
 
-LedgerCommand = Claim | Settle
+@attrs.frozen(kw_only=True)
+class ClaimMany:
+    """Claim each ``(key, fingerprint)`` in order, as that many :class:`Claim` s would, with
+    one answer for all (the items of one batch): the outcomes in the same order."""
+
+    claims: tuple[tuple[str, bytes], ...]
+    reply: trio.MemorySendChannel[tuple[ClaimOutcome, ...]] = attrs.field(eq=False)
+
+
+@attrs.frozen(kw_only=True)
+class SettleMany:
+    """Each ``(key, created)`` settled as :class:`Settle` would, in one message."""
+
+    settled: tuple[tuple[str, Replay | None], ...]
+
+
+LedgerCommand = Claim | Settle | ClaimMany | SettleMany
 
 
 # --- request/reply helpers -------------------------------------------------------------------

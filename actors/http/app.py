@@ -149,6 +149,7 @@ def create_app(
         limits=options.limits,
         options=options.batch,
         publish_timeout=options.publish_timeout,
+        ledger=ledger,
     )
     add_event_routes(
         app,
@@ -277,9 +278,10 @@ def create_app(
             unavailable = health.detail("publisher") or "the publisher is starting"
         trace = g.get("trace") or TraceContext.from_http(None, None)
         answer = await batches.publish(items, unavailable, trace)
-        return json_response(
-            answer.body, answer.status, headers=retry_after if answer.retry_later else None
-        )
+        headers = dict(retry_after) if answer.retry_later else {}
+        if answer.replayed:
+            headers["Idempotent-Replayed"] = "true"
+        return json_response(answer.body, answer.status, headers=headers or None)
 
     @app.get("/events/processed")
     async def processed_events() -> Response:

@@ -421,7 +421,11 @@ def _batch_path(max_events: int, max_bytes: int) -> dict[str, Any]:
         "post": {
             "summary": "Publish many user-activity events, each validated on its own",
             "description": "Each event follows the rules of POST /events/generate. 201 when "
-            "every event was published; otherwise 207 with one result per event, in order.",
+            "every event was published; otherwise 207 with one result per event, in order. An "
+            "item may carry `idempotencyKey` (1 to 255 visible ASCII characters), with the "
+            "rules of the Idempotency-Key header per item: an item whose key answered 201 for "
+            "the same item is answered with that event again and not published; 409 while its "
+            "first request is in flight; 422 when the key came with another item.",
             "requestBody": {
                 "required": True,
                 "content": {
@@ -439,7 +443,9 @@ def _batch_path(max_events: int, max_bytes: int) -> dict[str, Any]:
                                     # its result of a 207, not by refusing the batch.
                                     "items": {
                                         "description": "An event as for POST /events/generate "
-                                        "(NewEvent)"
+                                        "(NewEvent), optionally with `idempotencyKey`, a "
+                                        f"string of 1 to {IDEMPOTENCY_KEY_MAX} visible ASCII "
+                                        "characters"
                                     },
                                 }
                             },
@@ -449,7 +455,15 @@ def _batch_path(max_events: int, max_bytes: int) -> dict[str, Any]:
             },
             "responses": {
                 "201": {
-                    "description": "The broker confirmed every event",
+                    "description": "The broker confirmed every event (or, for a keyed item, "
+                    "had confirmed it for an earlier request)",
+                    "headers": {
+                        "Idempotent-Replayed": {
+                            "description": "`true` when every item was answered from an "
+                            "earlier request with the same idempotencyKey",
+                            "schema": {"type": "string", "enum": ["true"]},
+                        }
+                    },
                     "content": {
                         _JSON: {
                             "schema": {
@@ -462,10 +476,10 @@ def _batch_path(max_events: int, max_bytes: int) -> dict[str, Any]:
                 },
                 "207": {
                     "description": "Some events were not published: one result per event, in "
-                    "request order; Retry-After when any result is 503",
+                    "request order; Retry-After when any result is 503 or 409",
                     "headers": {
                         "Retry-After": {
-                            "description": "Seconds to wait (when any result is 503)",
+                            "description": "Seconds to wait (when any result is 503 or 409)",
                             "schema": {"type": "string"},
                         }
                     },
@@ -501,8 +515,14 @@ def _batch_result_schema() -> dict[str, Any]:
         "required": ["index", "status"],
         "properties": {
             "index": {"type": "integer", "minimum": 0},
-            "status": {"type": "integer", "enum": [201, 400, 500, 503]},
+            "status": {"type": "integer", "enum": [201, 400, 409, 422, 500, 503]},
             "event": {"$ref": "#/components/schemas/UserEvent"},
+            "replayed": {
+                "type": "boolean",
+                "enum": [True],
+                "description": "present on a 201 answered from an earlier request with the "
+                "same idempotencyKey",
+            },
             "message": {"type": "string"},
             "problems": _error_schema()["properties"]["problems"],
         },

@@ -26,6 +26,7 @@ __all__ = [
     "IDEMPOTENCY_KEY_MAX",
     "MAX_PAGE_LIMIT",
     "ListingQuery",
+    "checked_idempotency_key",
     "decode_cursor",
     "encode_cursor",
     "event_filter",
@@ -157,14 +158,18 @@ def idempotency_key(values: Sequence[str], problems: list[Problem]) -> str | Non
     if len(values) > 1:
         problems.append(Problem("Idempotency-Key", "must be given at most once"))
         return None
-    key = values[0]
-    visible = all("!" <= character <= "~" for character in key)
-    if not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX or not visible:
-        problems.append(
-            Problem(
-                "Idempotency-Key",
-                f"must be 1 to {IDEMPOTENCY_KEY_MAX} visible ASCII characters",
-            )
-        )
-        return None
-    return key
+    return checked_idempotency_key(values[0], "Idempotency-Key", problems)
+
+
+def checked_idempotency_key(key: object, field: str, problems: list[Problem]) -> str | None:
+    """``key`` when it is a valid idempotency key (a string of 1 to 255 visible ASCII
+    characters), else ``None`` with a problem about ``field``: the header, or a batch item's
+    ``idempotencyKey``."""
+    if (
+        isinstance(key, str)
+        and 1 <= len(key) <= IDEMPOTENCY_KEY_MAX
+        and all("!" <= character <= "~" for character in key)
+    ):
+        return key
+    problems.append(Problem(field, f"must be 1 to {IDEMPOTENCY_KEY_MAX} visible ASCII characters"))
+    return None

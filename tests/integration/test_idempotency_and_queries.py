@@ -108,6 +108,87 @@ def test_the_same_key_with_another_body_is_422_and_not_published(
     assert_exactly_one_event(kafka, app, user, first.json()["eventId"])
 
 
+def keyed_batch(base_url: str, items: list[dict[str, Any]]) -> httpx.Response:
+    with httpx.Client(base_url=base_url, timeout=10) as client:
+        return client.post("/events/batch", json={"events": items})
+
+
+def test_a_keyed_batch_sent_three_times_is_each_event_once(
+    service: Services, kafka: KafkaTools
+) -> None:
+    """A batch of two keyed items and one unkeyed, then twice the keyed items alone: the
+    repeats answer 201 with the same events (Idempotent-Replayed), and the topic and the store
+    hold each keyed event once."""
+    app = service()
+    user = unique_user("keyed-batch")
+    keyed = [
+        {"userId": user, "eventType": "LOGIN", "idempotencyKey": str(uuid.uuid4())},
+        {
+            "userId": user,
+            "eventType": "PRODUCT_VIEW",
+            "payload": {"sku": 1},
+            "idempotencyKey": str(uuid.uuid4()),
+        },
+    ]
+    first = keyed_batch(app.base_url, [*keyed, {"userId": user, "eventType": "LOGOUT"}])
+    assert first.status_code == 201, first.text
+    created = first.json()["events"]
+    repeats = [keyed_batch(app.base_url, keyed) for _ in range(2)]
+    for repeat in repeats:
+        assert repeat.status_code == 201, repeat.text
+        assert repeat.json()["events"] == created[:2]
+        assert repeat.headers["Idempotent-Replayed"] == "true"
+    sentinel = app.post_event(user_id=user, payload={"sentinel": True})["eventId"]
+    on_topic = records_of(kafka, app, user, sentinel)
+    expected = [event["eventId"] for event in created] + [sentinel]
+    assert [record["eventId"] for record in on_topic] == expected
+    app.wait_processed({sentinel})
+    stored = app.http.get("/events/processed", params={"userId": user}).json()
+    assert [event["eventId"] for event in stored] == expected
+
+
+def test_ten_concurrent_batches_with_one_keyed_item_publish_it_once(
+    service: Services, kafka: KafkaTools
+) -> None:
+    """Ten batches at once, each with the same keyed item and an unkeyed item of its own: the
+    keyed item is 201 (one event) or 409 in each, every unkeyed item is published, and the
+    keyed event is on the topic and in the store exactly once."""
+    app = service()
+    user = unique_user("keyed-concurrent")
+    key = str(uuid.uuid4())
+    shared = {"userId": user, "eventType": "LOGIN", "idempotencyKey": key}
+
+    def send(number: int) -> httpx.Response:
+        own = {"userId": user, "eventType": "PRODUCT_VIEW", "payload": {"n": number}}
+        return keyed_batch(app.base_url, [shared, own])
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        answers = list(pool.map(send, range(10)))
+    keyed_ids, own_ids, statuses = set(), set(), []
+    for answer in answers:
+        assert answer.status_code in {201, 207}, answer.text
+        results = (
+            [{"status": 201, "event": event} for event in answer.json()["events"]]
+            if answer.status_code == 201
+            else answer.json()["results"]
+        )
+        statuses.append(results[0]["status"])
+        if results[0]["status"] == 201:
+            keyed_ids.add(results[0]["event"]["eventId"])
+        assert results[1]["status"] == 201
+        own_ids.add(results[1]["event"]["eventId"])
+    print(f"the keyed item's statuses in 10 concurrent batches: {sorted(statuses)}")
+    assert set(statuses) <= {201, 409}
+    assert len(keyed_ids) == 1
+    assert len(own_ids) == 10
+    sentinel = app.post_event(user_id=user, payload={"sentinel": True})["eventId"]
+    on_topic = [record["eventId"] for record in records_of(kafka, app, user, sentinel)]
+    assert sorted(on_topic) == sorted([*keyed_ids, *own_ids, sentinel])
+    app.wait_processed({sentinel})
+    stored = app.http.get("/events/processed", params={"userId": user}).json()
+    assert sorted(event["eventId"] for event in stored) == sorted(on_topic)
+
+
 def test_event_by_id_says_where_the_event_was_read(service: Services, kafka: KafkaTools) -> None:
     """GET /events/{eventId}: 200 with the event and the partition and offset an independent
     reader finds it at; 404 for an unknown id, 400 for a non-UUID."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -16,6 +17,7 @@ from settings_support import default_http_options, default_limits
 
 from actors.domain.events import UserEvent
 from actors.domain.messages import (
+    LedgerCommand,
     Placed,
     PublishBatch,
     PublisherCommand,
@@ -25,6 +27,7 @@ from actors.domain.messages import (
 )
 from actors.http.app import HttpOptions, create_app
 from actors.http.batch import BatchOptions
+from actors.idempotency import run_idempotency_ledger
 from actors.runtime.health import ActorState, Health
 
 PUBLISH_TIMEOUT = 2.5
@@ -39,7 +42,9 @@ OPTIONS = default_http_options(
     ),
 )
 JSON = {"Content-Type": "application/json"}
-ACTORS = ("http", "publisher", "consumer", "store")
+ACTORS = ("http", "publisher", "consumer", "store", "idempotency")
+#: Room in the ledger of the tests with idempotency keys.
+LEDGER_KEYS = 6
 
 #: Decides each event's outcome; None leaves the whole batch unanswered.
 Answer = Callable[[UserEvent], PublishOutcome | None]
@@ -54,34 +59,65 @@ class Service:
     client: quart.typing.TestClientProtocol
     health: Health
     batches: list[PublishBatch]
+    #: The fake publisher answers each batch once this is set.
+    release: trio.Event = attrs.field(factory=trio.Event)
 
 
 async def fake_publisher(
-    inbox: trio.MemoryReceiveChannel[PublisherCommand], answer: Answer, seen: list[PublishBatch]
+    inbox: trio.MemoryReceiveChannel[PublisherCommand], answer: Answer, service: Service
 ) -> None:
     async for command in inbox:
         assert isinstance(command, PublishBatch)
-        seen.append(command)
+        service.batches.append(command)
+        await service.release.wait()
         outcomes = [answer(event) for event in command.events]
         if all(outcome is not None for outcome in outcomes):
-            command.reply.send_nowait(tuple(o for o in outcomes if o is not None))
+            # A request that stopped waiting (publish timeout) closed its reply channel.
+            with contextlib.suppress(trio.BrokenResourceError):
+                command.reply.send_nowait(tuple(o for o in outcomes if o is not None))
 
 
 @contextlib.asynccontextmanager
 async def serving(
-    *, answer: Answer | None = place, publish_buffer: int = 4, options: HttpOptions = OPTIONS
+    *,
+    answer: Answer | None = place,
+    publish_buffer: int = 4,
+    options: HttpOptions = OPTIONS,
+    ledger: bool = False,
+    released: bool = True,
 ) -> AsyncIterator[Service]:
-    """The app on real channels; ``answer=None`` leaves the publisher inbox unread."""
+    """The app on real channels; ``answer=None`` leaves the publisher inbox unread, ``ledger``
+    runs the idempotency ledger actor behind the app, ``released=False`` holds the publisher's
+    answers until ``service.release`` is set."""
     publish_send, publish_receive = trio.open_memory_channel[PublisherCommand](publish_buffer)
     store_send, _store_receive = trio.open_memory_channel[StoreCommand](4)
+    ledger_send, ledger_receive = trio.open_memory_channel[LedgerCommand](8)
     health = Health(ACTORS)
     for actor in ACTORS:
         health.report(actor, ActorState.RUNNING)
-    app = create_app(publish=publish_send, store=store_send, health=health, options=options)
+    app = create_app(
+        publish=publish_send,
+        store=store_send,
+        health=health,
+        options=options,
+        ledger=ledger_send if ledger else None,
+    )
     service = Service(client=app.test_client(), health=health, batches=[])
+    if released:
+        service.release.set()
     async with trio.open_nursery() as nursery:
+        if ledger:
+            await nursery.start(
+                functools.partial(
+                    run_idempotency_ledger,
+                    inbox=ledger_receive,
+                    health=health,
+                    max_keys=LEDGER_KEYS,
+                    ttl=60,
+                )
+            )
         if answer is not None:
-            nursery.start_soon(fake_publisher, publish_receive, answer, service.batches)
+            nursery.start_soon(fake_publisher, publish_receive, answer, service)
         yield service
         nursery.cancel_scope.cancel()
 
@@ -330,3 +366,188 @@ async def test_openapi_documents_the_batch_limits() -> None:
     schema = post["requestBody"]["content"]["application/json"]["schema"]
     assert schema["properties"]["events"]["maxItems"] == MAX_BATCH_EVENTS
     assert set(post["responses"]) == {"201", "207", "400", "413", "415"}
+
+
+# --- idempotencyKey per item -----------------------------------------------------------------
+
+
+def keyed(key: str, user_id: str = "u1", **overrides: Any) -> dict[str, Any]:
+    return item(user_id, **overrides) | {"idempotencyKey": key}
+
+
+def published_users(service: Service) -> list[list[str]]:
+    return [[event.user_id for event in published.events] for published in service.batches]
+
+
+async def test_a_repeated_keyed_batch_replays_every_event_and_publishes_nothing() -> None:
+    """The same keyed batch twice: the second is 201 with the same events (eventId and
+    timestamp), Idempotent-Replayed, and reaches no publisher."""
+    async with serving(ledger=True) as service:
+        body = batch(keyed("k-a", "a"), keyed("k-b", "b"))
+        first_status, first, first_headers = await post_batch(service, body)
+        second_status, second, second_headers = await post_batch(service, body)
+    assert (first_status, second_status) == (201, 201)
+    assert second == first
+    assert "Idempotent-Replayed" not in first_headers
+    assert second_headers["Idempotent-Replayed"] == "true"
+    assert published_users(service) == [["a", "b"]]
+
+
+async def test_replayed_new_and_unkeyed_items_mix_in_one_batch() -> None:
+    """A batch holding an answered key, a new key and an unkeyed item: 201 with all three, the
+    answered one with its first eventId; only the other two are published; not marked replayed
+    as a whole."""
+    async with serving(ledger=True) as service:
+        _, first, _ = await post_batch(service, batch(keyed("k-a", "a")))
+        status, body, headers = await post_batch(
+            service, batch(keyed("k-a", "a"), keyed("k-c", "c"), item("d"))
+        )
+    assert status == 201
+    assert body["events"][0] == first["events"][0]
+    assert [event["userId"] for event in body["events"]] == ["a", "c", "d"]
+    assert "Idempotent-Replayed" not in headers
+    assert published_users(service) == [["a"], ["c", "d"]]
+
+
+async def test_an_item_key_sent_with_another_item_is_422_in_its_result() -> None:
+    """A key answered for one item, sent with another: 422 in that item's result; it is not
+    published, the batch's other items are."""
+    async with serving(ledger=True) as service:
+        await post_batch(service, batch(keyed("k-a", "a")))
+        status, body, headers = await post_batch(
+            service, batch(keyed("k-a", "a", payload={"other": 1}), item("b"))
+        )
+    assert status == 207
+    assert [result["status"] for result in body["results"]] == [422, 201]
+    assert body["results"][0]["message"] == "this idempotencyKey was used with another event"
+    assert "Retry-After" not in headers
+    assert published_users(service) == [["a"], ["b"]]
+
+
+async def test_an_item_whose_key_is_in_flight_is_409_with_retry_after() -> None:
+    """While a keyed item waits for the broker, the same item in another batch is 409 with
+    Retry-After, and not published; within one batch, the second item with a key is 409 too."""
+    async with serving(ledger=True, released=False) as service, trio.open_nursery() as nursery:
+        nursery.start_soon(post_batch, service, batch(keyed("k-a", "a")))
+        await trio.testing.wait_all_tasks_blocked()
+        status, body, headers = await post_batch(service, batch(keyed("k-a", "a"), {"userId": "x"}))
+        service.release.set()
+        await trio.testing.wait_all_tasks_blocked()
+        twice_status, twice, _ = await post_batch(
+            service, batch(keyed("k-z", "z"), keyed("k-z", "z"))
+        )
+    assert status == 207
+    assert [result["status"] for result in body["results"]] == [409, 400]
+    assert body["results"][0]["message"] == (
+        "a request with this idempotencyKey is still being handled"
+    )
+    assert headers["Retry-After"] == "3"
+    assert twice_status == 207
+    assert [result["status"] for result in twice["results"]] == [201, 409]
+    assert published_users(service) == [["a"], ["z"]]
+
+
+async def test_a_key_whose_event_failed_is_not_remembered() -> None:
+    """An item answered 503 leaves its key free: the same item again is published anew."""
+    failures = [PublishFailed(reason="down", retriable=True)]
+
+    def fail_once(event: UserEvent) -> PublishOutcome:
+        return failures.pop() if failures else Placed(partition=0, offset=2)
+
+    async with serving(ledger=True, answer=fail_once) as service:
+        first_status, first, _ = await post_batch(service, batch(keyed("k-a", "a")))
+        again_status, _, headers = await post_batch(service, batch(keyed("k-a", "a")))
+    assert first_status == 207
+    assert first["results"][0]["status"] == 503
+    assert again_status == 201
+    assert "Idempotent-Replayed" not in headers
+    assert published_users(service) == [["a"], ["a"]]
+
+
+async def test_a_replayed_item_in_a_207_says_so() -> None:
+    """Among failed items, a replayed one is 201 with its first event and "replayed": true."""
+    async with serving(ledger=True) as service:
+        _, first, _ = await post_batch(service, batch(keyed("k-a", "a")))
+        status, body, _ = await post_batch(service, batch(keyed("k-a", "a"), {"userId": "x"}))
+    assert status == 207
+    assert body["results"][0] == {
+        "index": 0,
+        "status": 201,
+        "event": first["events"][0],
+        "replayed": True,
+    }
+    assert body["results"][1]["status"] == 400
+
+
+@pytest.mark.parametrize("key", ["", "x" * 256, "has space", "é", 7, None], ids=repr)
+async def test_an_invalid_item_key_is_400_naming_it_with_the_items_other_problems(
+    key: object,
+) -> None:
+    """A key that is not 1-255 visible ASCII characters: that item is 400 with a problem about
+    idempotencyKey, listed with its other problems; it is not published."""
+    async with serving(ledger=True) as service:
+        status, body, _ = await post_batch(
+            service, batch(item("a") | {"idempotencyKey": key, "eventType": "NOPE"}, item("b"))
+        )
+    assert status == 207
+    assert [result["status"] for result in body["results"]] == [400, 201]
+    fields = [problem["field"] for problem in body["results"][0]["problems"]]
+    assert fields == ["idempotencyKey", "eventType"]
+    assert published_users(service) == [["b"]]
+
+
+async def test_keyed_items_without_a_ledger_are_503_and_unkeyed_ones_published() -> None:
+    """With no ledger to ask, a keyed item cannot be made safe: 503 with Retry-After; the
+    unkeyed items of the batch are published."""
+    async with serving(ledger=False) as service:
+        status, body, headers = await post_batch(service, batch(keyed("k-a", "a"), item("b")))
+    assert status == 207
+    assert [result["status"] for result in body["results"]] == [503, 201]
+    assert "Retry-After" in headers
+    assert published_users(service) == [["b"]]
+
+
+async def test_a_full_ledger_is_503_for_the_keys_it_has_no_room_for() -> None:
+    """While every place of the ledger holds a key in flight, a further keyed item is 503 with
+    Retry-After at once, and not published."""
+    keys = [keyed(f"k-{number}", f"u{number}") for number in range(LEDGER_KEYS)]
+    options = attrs.evolve(
+        OPTIONS, batch=attrs.evolve(OPTIONS.batch, max_events=LEDGER_KEYS, max_bytes=4096)
+    )
+    async with (
+        serving(ledger=True, released=False, options=options) as service,
+        trio.open_nursery() as nursery,
+    ):
+        nursery.start_soon(post_batch, service, batch(*keys))
+        await trio.testing.wait_all_tasks_blocked()
+        status, body, headers = await post_batch(
+            service, batch(keyed("k-new", "n"), {"userId": "x"})
+        )
+        service.release.set()
+    assert status == 207
+    assert [result["status"] for result in body["results"]] == [503, 400]
+    assert body["results"][0]["message"] == "idempotency keys are not available right now"
+    assert "Retry-After" in headers
+    assert published_users(service) == [[f"u{number}" for number in range(LEDGER_KEYS)]]
+
+
+async def test_a_client_that_leaves_mid_publish_still_has_its_keys_remembered() -> None:
+    """The client goes while its keyed batch waits for the broker: once the broker confirms,
+    the key is remembered, so the client's retry is a replay and publishes nothing more."""
+    async with serving(ledger=True, released=False) as service, trio.open_nursery() as nursery:
+        leaving = trio.CancelScope()
+
+        async def post_then_leave() -> None:
+            with leaving:
+                await post_batch(service, batch(keyed("k-a", "a")))
+
+        nursery.start_soon(post_then_leave)
+        await trio.testing.wait_all_tasks_blocked()
+        leaving.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        service.release.set()
+        await trio.testing.wait_all_tasks_blocked()
+        status, _, headers = await post_batch(service, batch(keyed("k-a", "a")))
+    assert status == 201
+    assert headers["Idempotent-Replayed"] == "true"
+    assert published_users(service) == [["a"]]

@@ -16,6 +16,7 @@ from actors.domain.events import utc_timestamp
 from actors.domain.messages import (
     Claim,
     Claimed,
+    ClaimMany,
     ClaimOutcome,
     InFlight,
     KeyReused,
@@ -23,6 +24,7 @@ from actors.domain.messages import (
     LedgerFull,
     Replay,
     Settle,
+    SettleMany,
 )
 from actors.idempotency import BYTES_PER_KEY, IdempotencyLedger, run_idempotency_ledger
 from actors.runtime.health import ActorState, Health
@@ -234,3 +236,59 @@ async def test_a_claim_whose_caller_stopped_waiting_is_withdrawn(
             gone_receive.close()
             await send.send(Claim(key="k", fingerprint=BODY, reply=gone_send))
             assert await claim(send, "k", BODY) == Claimed()
+
+
+async def claim_many(
+    inbox: trio.MemorySendChannel[LedgerCommand], *claims: tuple[str, bytes]
+) -> tuple[ClaimOutcome, ...]:
+    send, receive = trio.open_memory_channel[tuple[ClaimOutcome, ...]](1)
+    await inbox.send(ClaimMany(claims=claims, reply=send))
+    with receive, trio.fail_after(1):
+        return await receive.receive()
+
+
+async def test_a_batch_of_claims_is_answered_in_order_by_the_same_rules(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """ClaimMany answers each claim as a Claim would, in order: within one batch a repeated key
+    is in flight (same body) or reused (another body); SettleMany records each outcome, so the
+    next batch replays the succeeded key and claims the failed one anew."""
+    health = Health(("idempotency",))
+    send, receive = trio.open_memory_channel[LedgerCommand](8)
+    ledger = functools.partial(
+        run_idempotency_ledger, inbox=receive, health=health, max_keys=10, ttl=TTL
+    )
+    event = created()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ledger)
+        async with send:
+            first = await claim_many(send, ("a", BODY), ("b", BODY), ("a", BODY), ("b", OTHER))
+            assert first == (Claimed(), Claimed(), InFlight(), KeyReused())
+            await send.send(SettleMany(settled=(("a", event), ("b", None))))
+            again = await claim_many(send, ("a", BODY), ("b", BODY), ("a", OTHER))
+            assert again == (event, Claimed(), KeyReused())
+            assert health.gauges["idempotency_keys"] == 2
+    assert health.counters["idempotent_replays"] == 1
+
+
+async def test_a_batch_of_claims_whose_caller_stopped_waiting_is_withdrawn(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Every key a ClaimMany claimed is withdrawn when its answer cannot be delivered; keys
+    it found answered stay answered."""
+    health = Health(("idempotency",))
+    send, receive = trio.open_memory_channel[LedgerCommand](8)
+    ledger = functools.partial(
+        run_idempotency_ledger, inbox=receive, health=health, max_keys=10, ttl=TTL
+    )
+    event = created()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ledger)
+        async with send:
+            assert await claim(send, "done", BODY) == Claimed()
+            await send.send(Settle(key="done", created=event))
+            gone_send, gone_receive = trio.open_memory_channel[tuple[ClaimOutcome, ...]](1)
+            gone_receive.close()
+            claims = (("x", BODY), ("y", BODY), ("done", BODY))
+            await send.send(ClaimMany(claims=claims, reply=gone_send))
+            assert await claim_many(send, *claims) == (Claimed(), Claimed(), event)
