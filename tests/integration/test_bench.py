@@ -1,4 +1,5 @@
-"""The benchmark still runs: ``bench/perf.py --tiny`` end to end, its figures all present.
+"""The benchmarks still run: ``bench/perf.py --tiny`` end to end, its figures all present, and
+``bench/cost_of_change.py`` against its metrics-off baseline for one short round.
 
 It times nothing and asserts no speed: only that every measurement produced a number, so the
 benchmark cannot rot unnoticed while the service changes.
@@ -53,3 +54,32 @@ def test_tiny_benchmark_reports_every_figure(tmp_path: Path) -> None:
     assert _finite(store["rss_bytes_per_event"])
     assert _finite(store["get_ms_at_1000"])
     assert service["batch"] == {} or _finite(service["batch"]["events_per_s"])
+    assert _finite(figures["floor"]["round_trip"]["p50_ms"])
+
+
+def test_cost_of_metrics_runs_both_sides_and_reports_the_paired_cost() -> None:
+    """One round of each side (the service with and without its metrics recordings, which
+    must still find every recording it switches off) and the summary lines."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "bench/cost_of_change.py",
+            "--baseline",
+            "metrics-off",
+            "--rounds",
+            "1",
+            "--seconds",
+            "1",
+            "--concurrency",
+            "4",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "round 1  baseline" in result.stdout
+    assert "round 1  this checkout" in result.stdout
+    assert "median of paired rounds" in result.stdout
