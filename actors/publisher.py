@@ -207,8 +207,8 @@ class _Publisher:
         self, attempt: _Attempt, failure: KafkaFailure, nursery: trio.Nursery | None
     ) -> None:
         delay = self._backoff.delay(attempt.number)
-        has_time = trio.current_time() + delay < attempt.deadline
-        if nursery is not None and failure.retriable and not failure.fatal and has_time:
+        retriable = failure.retriable and not failure.fatal
+        if nursery is not None and retriable and _within_deadline(attempt, delay):
             log_fields(
                 log,
                 logging.INFO,
@@ -232,7 +232,7 @@ class _Publisher:
 
     async def _sleep_within_deadline(self, attempt: _Attempt, delay: float) -> bool:
         """Sleep ``delay`` unless that would pass the deadline; ``False`` means no time left."""
-        if trio.current_time() + delay >= attempt.deadline:
+        if not _within_deadline(attempt, delay):
             return False
         await trio.sleep(delay)
         return True
@@ -274,6 +274,11 @@ class _Publisher:
 
     async def wait_until_resolved(self) -> None:
         await self._unresolved.wait_value(0)
+
+
+def _within_deadline(attempt: _Attempt, delay: float) -> bool:
+    """Whether a retry after ``delay`` seconds would still start before the attempt's deadline."""
+    return trio.current_time() + delay < attempt.deadline
 
 
 async def run_publisher(
