@@ -25,12 +25,10 @@ def _finite(value: object) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
 
 
-def test_tiny_benchmark_reports_every_figure(tmp_path: Path) -> None:
-    """A tiny run exits 0, prints the table and writes a JSON file with a finite number for
-    every figure of the service and of the null app."""
-    output = tmp_path / "bench.json"
+def run_bench(*argv: str) -> subprocess.CompletedProcess[str]:
+    """``python <argv>`` from the repository, its output captured; asserts it exited 0."""
     result = subprocess.run(
-        [sys.executable, "bench/perf.py", "--tiny", "--output", str(output)],
+        [sys.executable, *argv],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -38,6 +36,14 @@ def test_tiny_benchmark_reports_every_figure(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def test_tiny_benchmark_reports_every_figure(tmp_path: Path) -> None:
+    """A tiny run exits 0, prints the table and writes a JSON file with a finite number for
+    every figure of the service and of the null app."""
+    output = tmp_path / "bench.json"
+    result = run_bench("bench/perf.py", "--tiny", "--output", str(output))
     assert "POST req/s, C=64" in result.stdout
     figures = json.loads(output.read_text())
     for side in ("service", "floor"):
@@ -60,26 +66,9 @@ def test_tiny_benchmark_reports_every_figure(tmp_path: Path) -> None:
 def test_cost_of_metrics_runs_both_sides_and_reports_the_paired_cost() -> None:
     """One round of each side (the service with and without its metrics recordings, which
     must still find every recording it switches off) and the summary lines."""
-    result = subprocess.run(
-        [
-            sys.executable,
-            "bench/cost_of_change.py",
-            "--baseline",
-            "metrics-off",
-            "--rounds",
-            "1",
-            "--seconds",
-            "1",
-            "--concurrency",
-            "4",
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
+    result = run_bench(
+        "bench/cost_of_change.py", "--baseline", "metrics-off", "--rounds", "1", "--seconds", "1"
     )
-    assert result.returncode == 0, result.stdout + result.stderr
     assert "round 1  baseline" in result.stdout
     assert "round 1  this checkout" in result.stdout
     assert "median of paired rounds" in result.stdout

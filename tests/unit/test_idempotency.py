@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import hashlib
 import tracemalloc
 import uuid
+from collections.abc import AsyncIterator
 
 import pytest
 import trio
@@ -158,6 +160,23 @@ def test_bytes_per_key_covers_what_a_key_really_costs() -> None:
 # --- the actor -------------------------------------------------------------------------------
 
 
+@contextlib.asynccontextmanager
+async def running_ledger(
+    max_keys: int = 10,
+) -> AsyncIterator[tuple[trio.MemorySendChannel[LedgerCommand], Health]]:
+    """The ledger actor on a fresh inbox, with its health; on exit the inbox is closed and the
+    actor has returned."""
+    health = Health(("idempotency",))
+    send, receive = trio.open_memory_channel[LedgerCommand](8)
+    ledger = functools.partial(
+        run_idempotency_ledger, inbox=receive, health=health, max_keys=max_keys, ttl=TTL
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ledger)
+        async with send:
+            yield send, health
+
+
 async def claim(
     inbox: trio.MemorySendChannel[LedgerCommand], key: str, fingerprint: bytes
 ) -> ClaimOutcome:
@@ -172,41 +191,27 @@ async def test_actor_applies_the_rules_in_virtual_time(
 ) -> None:
     """Through its inbox: claim, settle, replay, expiry after exactly ttl; counters and the
     key gauge follow."""
-    health = Health(("idempotency",))
-    send, receive = trio.open_memory_channel[LedgerCommand](8)
-    ledger = functools.partial(
-        run_idempotency_ledger, inbox=receive, health=health, max_keys=10, ttl=TTL
-    )
     event = created()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(ledger)
+    async with running_ledger() as (send, health):
         assert health.state("idempotency").value is ActorState.RUNNING
-        async with send:
-            assert await claim(send, "k", BODY) == Claimed()
-            await send.send(Settle(key="k", created=event))
-            answered_at = trio.current_time()
-            await trio.sleep(TTL - 1)
-            assert await claim(send, "k", BODY) == event
-            assert health.gauges["idempotency_keys"] == 1
-            await trio.sleep_until(answered_at + TTL)
-            assert await claim(send, "k", BODY) == Claimed()
+        assert await claim(send, "k", BODY) == Claimed()
+        await send.send(Settle(key="k", created=event))
+        answered_at = trio.current_time()
+        await trio.sleep(TTL - 1)
+        assert await claim(send, "k", BODY) == event
+        assert health.gauges["idempotency_keys"] == 1
+        await trio.sleep_until(answered_at + TTL)
+        assert await claim(send, "k", BODY) == Claimed()
     assert health.counters["idempotent_replays"] == 1
     assert health.state("idempotency").value is ActorState.STOPPED
 
 
 async def test_actor_counts_evictions(autojump_clock: trio.testing.MockClock) -> None:
     """A key pushed out by a full ledger is counted in idempotency_keys_evicted."""
-    health = Health(("idempotency",))
-    send, receive = trio.open_memory_channel[LedgerCommand](8)
-    ledger = functools.partial(
-        run_idempotency_ledger, inbox=receive, health=health, max_keys=1, ttl=TTL
-    )
-    async with trio.open_nursery() as nursery:
-        await nursery.start(ledger)
-        async with send:
-            await claim(send, "a", BODY)
-            await send.send(Settle(key="a", created=created()))
-            assert await claim(send, "b", BODY) == Claimed()
+    async with running_ledger(max_keys=1) as (send, health):
+        await claim(send, "a", BODY)
+        await send.send(Settle(key="a", created=created()))
+        assert await claim(send, "b", BODY) == Claimed()
     assert health.counters["idempotency_keys_evicted"] == 1
 
 
@@ -224,18 +229,11 @@ async def test_a_claim_whose_caller_stopped_waiting_is_withdrawn(
 ) -> None:
     """The ledger answers a claim to a caller that closed its reply channel, sees the answer
     undelivered, and withdraws the claim: the same key is then claimable at once."""
-    health = Health(("idempotency",))
-    send, receive = trio.open_memory_channel[LedgerCommand](8)
-    ledger = functools.partial(
-        run_idempotency_ledger, inbox=receive, health=health, max_keys=10, ttl=TTL
-    )
-    async with trio.open_nursery() as nursery:
-        await nursery.start(ledger)
-        async with send:
-            gone_send, gone_receive = trio.open_memory_channel[ClaimOutcome](1)
-            gone_receive.close()
-            await send.send(Claim(key="k", fingerprint=BODY, reply=gone_send))
-            assert await claim(send, "k", BODY) == Claimed()
+    async with running_ledger() as (send, _):
+        gone_send, gone_receive = trio.open_memory_channel[ClaimOutcome](1)
+        gone_receive.close()
+        await send.send(Claim(key="k", fingerprint=BODY, reply=gone_send))
+        assert await claim(send, "k", BODY) == Claimed()
 
 
 async def claim_many(
@@ -253,21 +251,14 @@ async def test_a_batch_of_claims_is_answered_in_order_by_the_same_rules(
     """ClaimMany answers each claim as a Claim would, in order: within one batch a repeated key
     is in flight (same body) or reused (another body); SettleMany records each outcome, so the
     next batch replays the succeeded key and claims the failed one anew."""
-    health = Health(("idempotency",))
-    send, receive = trio.open_memory_channel[LedgerCommand](8)
-    ledger = functools.partial(
-        run_idempotency_ledger, inbox=receive, health=health, max_keys=10, ttl=TTL
-    )
     event = created()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(ledger)
-        async with send:
-            first = await claim_many(send, ("a", BODY), ("b", BODY), ("a", BODY), ("b", OTHER))
-            assert first == (Claimed(), Claimed(), InFlight(), KeyReused())
-            await send.send(SettleMany(settled=(("a", event), ("b", None))))
-            again = await claim_many(send, ("a", BODY), ("b", BODY), ("a", OTHER))
-            assert again == (event, Claimed(), KeyReused())
-            assert health.gauges["idempotency_keys"] == 2
+    async with running_ledger() as (send, health):
+        first = await claim_many(send, ("a", BODY), ("b", BODY), ("a", BODY), ("b", OTHER))
+        assert first == (Claimed(), Claimed(), InFlight(), KeyReused())
+        await send.send(SettleMany(settled=(("a", event), ("b", None))))
+        again = await claim_many(send, ("a", BODY), ("b", BODY), ("a", OTHER))
+        assert again == (event, Claimed(), KeyReused())
+        assert health.gauges["idempotency_keys"] == 2
     assert health.counters["idempotent_replays"] == 1
 
 
@@ -276,19 +267,12 @@ async def test_a_batch_of_claims_whose_caller_stopped_waiting_is_withdrawn(
 ) -> None:
     """Every key a ClaimMany claimed is withdrawn when its answer cannot be delivered; keys
     it found answered stay answered."""
-    health = Health(("idempotency",))
-    send, receive = trio.open_memory_channel[LedgerCommand](8)
-    ledger = functools.partial(
-        run_idempotency_ledger, inbox=receive, health=health, max_keys=10, ttl=TTL
-    )
     event = created()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(ledger)
-        async with send:
-            assert await claim(send, "done", BODY) == Claimed()
-            await send.send(Settle(key="done", created=event))
-            gone_send, gone_receive = trio.open_memory_channel[tuple[ClaimOutcome, ...]](1)
-            gone_receive.close()
-            claims = (("x", BODY), ("y", BODY), ("done", BODY))
-            await send.send(ClaimMany(claims=claims, reply=gone_send))
-            assert await claim_many(send, *claims) == (Claimed(), Claimed(), event)
+    async with running_ledger() as (send, _):
+        assert await claim(send, "done", BODY) == Claimed()
+        await send.send(Settle(key="done", created=event))
+        gone_send, gone_receive = trio.open_memory_channel[tuple[ClaimOutcome, ...]](1)
+        gone_receive.close()
+        claims = (("x", BODY), ("y", BODY), ("done", BODY))
+        await send.send(ClaimMany(claims=claims, reply=gone_send))
+        assert await claim_many(send, *claims) == (Claimed(), Claimed(), event)
