@@ -35,10 +35,12 @@ def test_shellcheck_passes(script: Path) -> None:
 
 
 def _checkout_with_venv(tmp_path: Path) -> Path:
-    """A copy of ensure-venv and pyproject.toml beside a venv whose python only logs calls."""
+    """A copy of ensure-venv, pyproject.toml and constraints.txt beside a venv whose python
+    only logs calls."""
     (tmp_path / "scripts").mkdir()
     shutil.copy2(REPO_ROOT / "scripts" / "ensure-venv", tmp_path / "scripts")
     shutil.copy2(REPO_ROOT / "pyproject.toml", tmp_path)
+    shutil.copy2(REPO_ROOT / "constraints.txt", tmp_path)
     python = tmp_path / ".venv" / "bin" / "python"
     python.parent.mkdir(parents=True)
     python.write_text(FAKE_PYTHON)
@@ -46,24 +48,38 @@ def _checkout_with_venv(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def _pip_calls(checkout: Path, extra: str) -> list[str]:
-    subprocess.run([checkout / "scripts" / "ensure-venv", extra], check=True, timeout=30)
+def _pip_calls(checkout: Path, extra: str, **environment: str) -> list[str]:
+    subprocess.run(
+        [checkout / "scripts" / "ensure-venv", extra],
+        check=True,
+        timeout=30,
+        env=os.environ | environment,
+    )
     calls = checkout / ".venv" / "calls"
     return calls.read_text().splitlines() if calls.exists() else []
 
 
 def test_ensure_venv_installs_only_when_pyproject_or_extra_changed(tmp_path: Path) -> None:
-    """pip runs on the first start, not on the second, again after pyproject.toml changed, and
-    once for another extra: later starts of scripts/run-local skip the install."""
+    """pip runs on the first start, not on the second, again after pyproject.toml or
+    constraints.txt changed, and once for another extra: later starts of scripts/run-local skip
+    the install. Every install is constrained by constraints.txt unless UNCONSTRAINED=1."""
     checkout = _checkout_with_venv(tmp_path)
-    install = "-m pip install --quiet --disable-pip-version-check -e .[local]"
+    install = (
+        "-m pip install --quiet --disable-pip-version-check --constraint constraints.txt "
+        "-e .[local]"
+    )
     assert _pip_calls(checkout, "local") == [install]
     assert _pip_calls(checkout, "local") == [install]
     with (checkout / "pyproject.toml").open("a") as pyproject:
         pyproject.write("\n# changed\n")
-    assert _pip_calls(checkout, "local") == [install, install]
+    assert _pip_calls(checkout, "local") == [install] * 2
+    with (checkout / "constraints.txt").open("a") as constraints:
+        constraints.write("# changed\n")
+    assert _pip_calls(checkout, "local") == [install] * 3
     assert _pip_calls(checkout, "dev")[-1] == install.replace("[local]", "[dev]")
-    assert len(_pip_calls(checkout, "local")) == 3
+    assert len(_pip_calls(checkout, "local")) == 4
+    unconstrained = _pip_calls(checkout, "local", UNCONSTRAINED="1")[-1]
+    assert unconstrained == "-m pip install --quiet --disable-pip-version-check -e .[local]"
 
 
 @pytest.mark.parametrize("script", ["run-local", "test"])
