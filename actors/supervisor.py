@@ -230,6 +230,7 @@ def server_options(settings: Settings) -> ServerOptions:
         keep_alive_timeout=settings.http.keep_alive_seconds,
         max_connections=settings.http.max_connections,
         graceful_timeout=settings.http_graceful_timeout,
+        send_timeout=settings.http.send_seconds,
     )
 
 

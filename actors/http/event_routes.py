@@ -162,8 +162,9 @@ def add_event_routes(
 ) -> None:
     """Register ``GET /events/{eventId}``, ``GET /events/stream`` and the live page ``/``.
 
-    A stream ends by itself after ``stream_lifetime`` seconds; one whose client stopped reading
-    is cut off a second later, since its last write may never complete.
+    A stream ends by itself after ``stream_lifetime`` seconds (quart's response timeout, a
+    second later, is a backstop). A client that stopped reading is cut off by the server once a
+    write has waited ``HTTP_SEND_SECONDS`` (:mod:`actors.http.server`).
     """
     app.url_map.converters["event_id"] = EventIdConverter
 

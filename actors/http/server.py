@@ -19,6 +19,7 @@ Synopsis::
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -87,6 +88,8 @@ class ServerOptions:
     keep_alive_timeout: float
     max_connections: int
     graceful_timeout: float
+    #: How long one write to a client may wait for it to read before the connection is closed.
+    send_timeout: float = 30.0
 
 
 class RateLimitedWarning:
@@ -141,20 +144,43 @@ class ConnectionSlots:
 
 
 class _SlotStream(trio.abc.HalfCloseableStream):
-    """A socket stream that gives its slot back when it is closed, once.
+    """A socket stream that gives its slot back when it is closed, once, and gives up on a
+    client that stops reading.
 
     It has no ``do_handshake``: hypercorn's TCPServer tells plain TCP from TLS by the
     AttributeError, and reads ``.socket`` for the peer's address.
+
+    # NOTE: hypercorn shields every write from cancellation, so a client that never reads
+    # would hold its connection, and whatever its response holds (a stream, one of the few
+    # full listings), for good. A write that has not finished within ``send_timeout`` shuts
+    # the socket down and fails as if the client had gone: hypercorn's reading then ends too,
+    # the app is told of the disconnect, and the connection is closed.
     """
 
-    def __init__(self, stream: trio.SocketStream, slots: ConnectionSlots) -> None:
+    def __init__(
+        self,
+        stream: trio.SocketStream,
+        slots: ConnectionSlots,
+        send_timeout: float,
+        stalled: RateLimitedWarning | None = None,
+    ) -> None:
         self._stream = stream
         self._slots = slots
+        self._send_timeout = send_timeout
+        self._stalled = stalled
         self._holding = True
         self.socket = stream.socket
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self._stream.send_all(data)
+        with trio.move_on_after(self._send_timeout):
+            await self._stream.send_all(data)
+            return
+        if self._stalled is not None:
+            self._stalled.emit(seconds=self._send_timeout)
+        # Both directions, or hypercorn would go on waiting for the client's next request.
+        with contextlib.suppress(OSError):
+            self.socket.shutdown(trio.socket.SHUT_RDWR)
+        raise trio.BrokenResourceError(f"the client read nothing for {self._send_timeout} s")
 
     async def wait_send_all_might_not_block(self) -> None:
         await self._stream.wait_send_all_might_not_block()
@@ -182,12 +208,22 @@ class _BoundedListener(trio.abc.Listener[_SlotStream]):
     """
 
     def __init__(
-        self, listener: trio.SocketListener, slots: ConnectionSlots, refusals: trio.Nursery
+        self,
+        listener: trio.SocketListener,
+        slots: ConnectionSlots,
+        refusals: trio.Nursery,
+        send_timeout: float = 30.0,
     ) -> None:
         self._listener = listener
         self._slots = slots
         self._refusals = refusals
+        self._send_timeout = send_timeout
         self._refusing = 0
+        self._stalled = RateLimitedWarning(
+            log,
+            "http connection closed: the client stopped reading",
+            interval=WARNING_INTERVAL_SECONDS,
+        )
         self._accept_failed = RateLimitedWarning(
             log, "http accept failed; retrying", interval=WARNING_INTERVAL_SECONDS
         )
@@ -198,7 +234,7 @@ class _BoundedListener(trio.abc.Listener[_SlotStream]):
     async def accept(self) -> _SlotStream:
         while True:
             stream = await self._accept_socket()
-            counted = _SlotStream(stream, self._slots)
+            counted = _SlotStream(stream, self._slots, self._send_timeout, self._stalled)
             if self._slots.take_nowait(counted):
                 return counted
             self._refused.emit(openConnections=self._slots.open)
@@ -381,7 +417,9 @@ async def serve_http(
             for sock in sockets:
                 sock.listen(config.backlog)
                 plain = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
-                listeners.append(_BoundedListener(plain, slots, connections))
+                listeners.append(
+                    _BoundedListener(plain, slots, connections, options.send_timeout)
+                )
             binds = [
                 f"http://{repr_socket_addr(sock.family, sock.getsockname())}" for sock in sockets
             ]

@@ -378,6 +378,12 @@ class HttpSettings:
         _integer(1, 3600),
         "Seconds a request body may take to arrive before the request gets 408.",
     )
+    send_seconds: int = setting(
+        "HTTP_SEND_SECONDS",
+        "30",
+        _integer(1, 3600),
+        "Seconds one write to a client may wait for it to read; then its connection is closed.",
+    )
     max_listings: int = setting(
         "HTTP_MAX_LISTINGS",
         "4",

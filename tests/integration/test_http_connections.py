@@ -262,3 +262,49 @@ def test_idle_http2_connection_is_closed_after_keep_alive(process_control: Spawn
         took = time.monotonic() - started
     assert status == b"200"
     assert 0.5 < took < 3
+
+
+#: HTTP_SEND_SECONDS of the test below.
+SEND_SECONDS = 2
+
+
+def test_a_client_that_stops_reading_a_listing_is_cut_off_and_frees_its_place(
+    process_control: Spawn,
+) -> None:
+    """With one full listing allowed at a time, a client that asks for a listing larger than
+    the socket buffers and then reads nothing holds that place only until one write has
+    waited HTTP_SEND_SECONDS: its connection is closed and the next listing is served."""
+    app = process_control(env={"HTTP_SEND_SECONDS": str(SEND_SECONDS), "HTTP_MAX_LISTINGS": "1"})
+    blob = "x" * 30_000
+    for batch in range(16):  # about 16 MB of stored JSON
+        items = [{"userId": f"u{batch}", "eventType": "LOGIN", "payload": {"blob": blob}}] * 33
+        assert app.http.post("/events/batch", json={"events": items}).status_code == 201
+    wait_until(
+        lambda: app.health().json()["gauges"]["store_events"] == 16 * 33,
+        30,
+        what="every event stored",
+    )
+    with sockets() as held:
+        stuck = socket.socket()
+        held.append(stuck)
+        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stuck.connect(address(app))
+        stuck.sendall(b"GET /events/processed HTTP/1.1\r\nHost: test\r\n\r\n")
+        stuck.settimeout(10)
+        assert stuck.recv(12, socket.MSG_PEEK) == b"HTTP/1.1 200"  # its listing has begun
+        wait_until(
+            lambda: app.http.get("/events/processed").status_code == 503,
+            10,
+            what="the one listing place taken by the client that does not read",
+        )
+        taken = time.monotonic()
+        served = wait_until(
+            lambda: app.http.get("/events/processed").status_code == 200,
+            SEND_SECONDS + 10,
+            what="a listing served again",
+        )
+        freed_after = time.monotonic() - taken
+        print(f"the listing place was free again {freed_after:.2f} s after it was seen taken")
+        assert served
+        assert freed_after <= SEND_SECONDS + 5
+        assert closed_by_server(stuck, timeout=5)

@@ -24,6 +24,7 @@ import pytest
 import trio
 import trio.testing
 from http_wire import exchange, frozen
+from quart import Response
 from quart_trio import QuartTrio
 
 from actors.http.server import (
@@ -45,6 +46,14 @@ def ping_app() -> QuartTrio:
     @app.get("/ping")
     async def ping() -> dict[str, bool]:
         return {"pong": True}
+
+    @app.get("/endless")
+    async def endless() -> Response:
+        async def chunks() -> AsyncIterator[bytes]:
+            while True:
+                yield b"x" * 65536
+
+        return Response(chunks(), mimetype="application/octet-stream")
 
     return app
 
@@ -107,6 +116,7 @@ async def seconds_until_closed(stream: trio.SocketStream) -> float:
 
 
 GET_PING = b"GET /ping HTTP/1.1\r\nHost: test\r\n\r\n"
+SEND_TIMEOUT = 7.0
 
 
 # --- how long connections live -----------------------------------------------------------------
@@ -121,6 +131,31 @@ async def test_idle_keep_alive_connection_closes_after_keep_alive_timeout(
         response = await exchange(autojump_clock, stream, GET_PING)
         assert response.startswith(b"HTTP/1.1 200")
         assert await seconds_until_closed(stream) == KEEP_ALIVE
+
+
+async def test_a_client_that_stops_reading_is_closed_after_the_send_timeout(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A response that never ends, to a client that reads nothing: once the socket buffers
+    are full the server's write waits, and SEND_TIMEOUT later the server closes the
+    connection (what the buffers held still arrives, then the end), with one warning. Without
+    the timeout the endless body would keep the connection open for good."""
+    caplog.set_level(logging.WARNING, logger="actors.http.server")
+    async with served(autojump_clock, send_timeout=SEND_TIMEOUT) as client:
+        stream = await client.connect()
+        with frozen(autojump_clock):
+            await stream.send_all(b"GET /endless HTTP/1.1\r\nHost: test\r\n\r\n")
+            await trio.testing.wait_all_tasks_blocked()
+        await trio.sleep(SEND_TIMEOUT + 1)
+        received = 0
+        with frozen(autojump_clock):
+            while chunk := await stream.receive_some():
+                received += len(chunk)
+                assert received < 16 * 2**20, "the connection is still being written to"
+    assert received > 65536
+    assert [record.getMessage() for record in caplog.records] == [
+        "http connection closed: the client stopped reading"
+    ]
 
 
 async def test_second_request_restarts_the_keep_alive_timer(
