@@ -417,9 +417,7 @@ async def serve_http(
             for sock in sockets:
                 sock.listen(config.backlog)
                 plain = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
-                listeners.append(
-                    _BoundedListener(plain, slots, connections, options.send_timeout)
-                )
+                listeners.append(_BoundedListener(plain, slots, connections, options.send_timeout))
             binds = [
                 f"http://{repr_socket_addr(sock.family, sock.getsockname())}" for sock in sockets
             ]
