@@ -167,15 +167,13 @@ class BatchPublisher:
         ]
         claimed = await self._claim(items, fates)
         to_publish = [index for index, fate in enumerate(fates) if fate is None]
-        if claimed:
-            # NOTE: shielded (each step bounded by its own deadline) so that the outcome of
-            # every claimed key is recorded even if the client leaves: an event that reached
-            # the broker must be remembered, or the client's retry would publish it again.
-            with trio.CancelScope(shield=True):
-                await self._publish_into(items, to_publish, fates, unavailable, trace)
-                await self._settle(items, claimed, fates)
-        else:
+        # NOTE: shielded once a key is claimed (each step bounded by its own deadline) so that
+        # the outcome of every claimed key is recorded even if the client leaves: an event that
+        # reached the broker must be remembered, or the client's retry would publish it again.
+        with trio.CancelScope(shield=bool(claimed)):
             await self._publish_into(items, to_publish, fates, unavailable, trace)
+            if claimed:
+                await self._settle(items, claimed, fates)
         return _answer(items, fates)
 
     async def _claim(self, items: list[BatchItem], fates: list[_Fate | None]) -> list[int]:
