@@ -29,6 +29,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import trio
 from trio_util import AsyncValue
@@ -40,7 +41,7 @@ from actors.kafka.dead_letters import DeadLetterWriter
 from actors.kafka.ports import ClientStatistics, ConsumerPort, Partition, ProducerPort, Record
 from actors.runtime.backoff import Backoff
 from actors.runtime.health import ActorState, Health
-from actors.runtime.logs import log_fields
+from actors.runtime.logs import log_fields, log_rows
 from actors.runtime.metrics import Metrics
 
 __all__ = ["CONSUME_TIMEOUT", "DOWNSTREAM_GRACE_SECONDS", "POLL_GAP_SECONDS", "run_consumer"]
@@ -215,27 +216,19 @@ class _Consumer:
         return run
 
     async def _store_run(self, run: list[tuple[Record, UserEvent]]) -> None:
+        """Store the run, log a line per event (written out at once, together), and only then
+        store the offsets."""
         outcomes = await self._put_many(run)
         now = time.time()
+        lines = []
         for (record, event), outcome in zip(run, outcomes, strict=True):
             stored = isinstance(outcome, Stored)
             self._metrics.event_consumed("stored" if stored else "duplicate")
             if stored:
                 self._metrics.end_to_end(now - _epoch_seconds(event.timestamp))
-            trace = TraceContext.from_kafka(record.headers)
-            log_fields(
-                log,
-                logging.INFO,
-                "event consumed",
-                eventId=event.event_id,
-                userId=event.user_id,
-                eventType=event.event_type,
-                partition=record.partition,
-                offset=record.offset,
-                outcome="stored" if stored else "duplicate",
-                traceparent=trace.traceparent,
-                requestId=trace.request_id,
-            )
+            lines.append(_consumed_line(record, event, "stored" if stored else "duplicate"))
+        log_rows(log, logging.INFO, "event consumed", lines)
+        for record, _ in run:
             if self._backlog.done(record):
                 self._consumer.store_offset(record)
 
@@ -348,6 +341,21 @@ async def run_consumer(
         log_fields(
             log, logging.INFO, "consumer stopped", closedCleanly=not bounded.cancelled_caught
         )
+
+
+def _consumed_line(record: Record, event: UserEvent, outcome: str) -> dict[str, Any]:
+    """The fields of the line logged for each consumed event."""
+    trace = TraceContext.from_kafka(record.headers)
+    return {
+        "eventId": event.event_id,
+        "userId": event.user_id,
+        "eventType": event.event_type,
+        "partition": record.partition,
+        "offset": record.offset,
+        "outcome": outcome,
+        "traceparent": trace.traceparent,
+        "requestId": trace.request_id,
+    }
 
 
 def _epoch_seconds(timestamp: str) -> float:

@@ -11,10 +11,12 @@ and each pair of rounds shares its moment's noise. Each round reports POSTs per 
 service process's CPU time per POST (user + system, all its threads, from /proc). The load is
 ``wrk`` (``bench/post.lua``, keep-alive) when it is on PATH, else bench/perf.py's asyncio
 client. Prints each round, the median of each side and the median of the paired rounds'
-ratios; asserts nothing.
+ratios; asserts nothing. With ``--route batch`` the load is ``POST /events/batch`` with
+``--batch-size`` events per request, and the figures are per event instead of per POST.
 
     .venv/bin/python bench/cost_of_change.py --baseline metrics-off --rounds 20
     .venv/bin/python bench/cost_of_change.py --baseline main --seconds 5 --concurrency 64
+    .venv/bin/python bench/cost_of_change.py --baseline main --route batch --concurrency 8
 
 Measured this way: the cost of metrics on the hot path (README, "Metrics").
 """
@@ -36,7 +38,16 @@ from pathlib import Path
 import attrs
 
 # bench/ is this script's folder, so its sibling is importable as a module.
-from perf import HOST, SERVICE_ENV, AsyncioClient, Generator, Process, Wrk, event_body
+from perf import (
+    HOST,
+    SERVICE_ENV,
+    AsyncioClient,
+    Generator,
+    Process,
+    Wrk,
+    batch_body,
+    event_body,
+)
 
 from actors.devtools.local_broker import free_port, local_broker
 
@@ -46,8 +57,27 @@ HERE = Path(__file__).resolve().parent
 #: The baseline that is this checkout without metrics recordings.
 METRICS_OFF = "metrics-off"
 
-#: The POST bodies the load cycles through.
+#: The POST bodies of ``/events/generate`` the load cycles through.
 BODIES = [event_body(index) for index in range(1000)]
+
+
+@attrs.frozen(kw_only=True)
+class Load:
+    """What each round sends: the route, the bodies it cycles through, events per body."""
+
+    path: str
+    bodies: tuple[bytes, ...]
+    events_per_body: int
+    unit: str
+
+    @classmethod
+    def of(cls, route: str, batch_size: int) -> Load:
+        if route == "batch":
+            bodies = tuple(batch_body(index, batch_size) for index in range(20))
+            return cls(
+                path="/events/batch", bodies=bodies, events_per_body=batch_size, unit="event"
+            )
+        return cls(path="/events/generate", bodies=tuple(BODIES), events_per_body=1, unit="POST")
 
 
 @attrs.frozen(kw_only=True)
@@ -104,13 +134,13 @@ def running(variant: Variant) -> Iterator[Process]:
 
 
 def one_round(
-    process: Process, generator: Generator, concurrency: int, seconds: float
+    process: Process, generator: Generator, load: Load, concurrency: int, seconds: float
 ) -> tuple[float, float]:
-    """POSTs per second (2xx answers) of the service ``process`` and its CPU milliseconds per
-    POST over ``seconds`` of closed-loop load."""
+    """Events per second (of 2xx answers) of the service ``process`` and its CPU milliseconds
+    per event over ``seconds`` of closed-loop load."""
     cpu = process.cpu_seconds()
-    result = generator.run(process.port, "/events/generate", BODIES, concurrency, seconds)
-    accepted = result.requests - result.failed
+    result = generator.run(process.port, load.path, load.bodies, concurrency, seconds)
+    accepted = (result.requests - result.failed) * load.events_per_body
     cpu_ms = (process.cpu_seconds() - cpu) * 1000 / max(accepted, 1)
     return accepted / result.seconds, cpu_ms
 
@@ -120,10 +150,12 @@ def _generator() -> Generator:
     return AsyncioClient() if wrk is None else Wrk(wrk)
 
 
-def _report(baseline: str, rates: dict[str, list[float]], cpu: dict[str, list[float]]) -> None:
+def _report(
+    baseline: str, unit: str, rates: dict[str, list[float]], cpu: dict[str, list[float]]
+) -> None:
     """Medians of each side, and the median of the rounds' paired ratios (each round's two
     measurements ran back to back, so they share that moment's noise)."""
-    for what, values, better in (("POST/s", rates, -1), ("CPU ms/POST", cpu, 1)):
+    for what, values, better in ((f"{unit}/s", rates, -1), (f"CPU ms/{unit}", cpu, 1)):
         base = statistics.median(values["baseline"])
         this = statistics.median(values["this checkout"])
         cost = (this - base) / base * 100 * better
@@ -145,7 +177,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=3, help="measured load per round")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=20, help="rounds per side")
+    parser.add_argument("--route", choices=("generate", "batch"), default="generate")
+    parser.add_argument("--batch-size", type=int, default=100, help="events per batch")
     args = parser.parse_args(argv)
+    load = Load.of(args.route, args.batch_size)
 
     generator = _generator()
     rates: dict[str, list[float]] = {"baseline": [], "this checkout": []}
@@ -158,22 +193,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     ):
         sides = {"baseline": baseline, "this checkout": checkout}
         for process in sides.values():  # the first deliveries of a fresh producer are slow
-            generator.run(process.port, "/events/generate", BODIES, args.concurrency, 2)
+            generator.run(process.port, load.path, load.bodies, args.concurrency, 2)
         for number in range(1, args.rounds + 1):
             order = list(sides.items()) if number % 2 else list(sides.items())[::-1]
             for side, process in order:
-                rate, cpu_ms = one_round(process, generator, args.concurrency, args.seconds)
+                rate, cpu_ms = one_round(process, generator, load, args.concurrency, args.seconds)
                 rates[side].append(rate)
                 cpu[side].append(cpu_ms)
                 print(
-                    f"round {number}  {side:<14} {rate:8.0f} POST/s  {cpu_ms:6.3f} CPU ms/POST",
+                    f"round {number}  {side:<14} {rate:8.0f} {load.unit}/s"
+                    f"  {cpu_ms:6.3f} CPU ms/{load.unit}",
                     flush=True,
                 )
     print(
         f"{args.seconds:g} s per round, concurrency {args.concurrency}, load {generator.name},"
-        f" baseline {args.baseline}, load average {os.getloadavg()[0]:.1f}"
+        f" route {load.path}, baseline {args.baseline}, load average {os.getloadavg()[0]:.1f}"
     )
-    _report(args.baseline, rates, cpu)
+    _report(args.baseline, load.unit, rates, cpu)
 
 
 if __name__ == "__main__":

@@ -29,11 +29,12 @@ import math
 import re
 import time
 import unicodedata
-import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
+
+from actors.domain.ids import new_uuid
 
 __all__ = [
     "EVENT_TYPES",
@@ -183,7 +184,7 @@ def new_event(
             cannot (:func:`event_from_request` reports it as an invalid body).
     """
     return _make(
-        event_id=str(uuid.uuid4()),
+        event_id=new_uuid(),
         user_id=user_id,
         event_type=event_type,
         timestamp=utc_timestamp(),

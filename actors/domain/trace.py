@@ -17,10 +17,11 @@ Synopsis::
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Iterable
 
 import attrs
+
+from actors.domain.ids import new_uuid_hex
 
 __all__ = [
     "REQUEST_ID_HEADER",
@@ -71,7 +72,7 @@ def valid_request_id(value: str | None) -> str | None:
 
 
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    return new_uuid_hex()
 
 
 @attrs.frozen(kw_only=True)

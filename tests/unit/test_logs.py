@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from actors.runtime.logs import JsonLineFormatter, log_fields
+from actors.runtime.logs import JsonLineFormatter, JsonLinesHandler, log_fields, log_rows
 
 HOSTILE = 'mallory\n{"level": "INFO", "msg": "forged"}\r\x1b[31mred\x1b[0m\u2028\x00'
 
@@ -73,3 +73,115 @@ def test_exception_traceback_is_inside_the_json_line(
         .rstrip()
         .endswith(f"ValueError: invalid literal for int() with base 10: {HOSTILE!r}")
     )
+
+
+class CountingStream(io.StringIO):
+    """A text stream that counts its writes and flushes: on an unbuffered stdout each write is
+    a system call, on a buffered one each flush is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+        self.flushes = 0
+        self.lines_at_flush: list[int] = []
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+    def flush(self) -> None:
+        self.flushes += 1
+        self.lines_at_flush.append(self.getvalue().count("\n"))
+        super().flush()
+
+
+@pytest.fixture
+def counted() -> Iterator[tuple[logging.Logger, CountingStream]]:
+    """A logger writing through the service's handler and formatter, counting flushes."""
+    stream = CountingStream()
+    handler = JsonLinesHandler(stream)
+    handler.setFormatter(JsonLineFormatter())
+    logger = logging.getLogger("tests.unit.logs.counted")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    yield logger, stream
+    logger.removeHandler(handler)
+    logger.propagate = True
+
+
+def test_each_single_line_is_flushed_at_once(
+    counted: tuple[logging.Logger, CountingStream],
+) -> None:
+    logger, stream = counted
+    log_fields(logger, logging.INFO, "one", n=1)
+    log_fields(logger, logging.WARNING, "two", n=2)
+    assert stream.lines_at_flush == [1, 2]
+    assert stream.writes == 2
+
+
+def test_a_group_of_rows_is_one_line_each_and_one_flush_after_the_last(
+    counted: tuple[logging.Logger, CountingStream],
+) -> None:
+    """log_rows writes what log_fields would, line for line, and flushes once, at the end."""
+    logger, stream = counted
+    rows = [{"eventId": f"e{n}", "userId": HOSTILE, "offset": n} for n in range(5)]
+    log_rows(logger, logging.INFO, "event consumed", rows)
+    assert stream.lines_at_flush == [5]
+    assert stream.writes == 1
+    grouped = [json.loads(line) for line in stream.getvalue().splitlines()]
+
+    stream.seek(0)
+    stream.truncate()
+    for row in rows:
+        log_fields(logger, logging.INFO, "event consumed", **row)
+    single = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert stream.flushes == 1 + 5
+    assert [_without_time(line) for line in grouped] == [_without_time(line) for line in single]
+    assert [line["offset"] for line in grouped] == [0, 1, 2, 3, 4]
+
+
+def test_a_line_logged_after_a_group_is_flushed_on_its_own(
+    counted: tuple[logging.Logger, CountingStream],
+) -> None:
+    logger, stream = counted
+    log_rows(logger, logging.INFO, "group", [{"n": 1}, {"n": 2}])
+    log_fields(logger, logging.INFO, "alone")
+    log_rows(logger, logging.INFO, "empty group", [])
+    assert stream.lines_at_flush == [2, 3]
+    assert stream.writes == 2
+
+
+def test_a_group_below_the_level_writes_nothing(
+    counted: tuple[logging.Logger, CountingStream],
+) -> None:
+    logger, stream = counted
+    log_rows(logger, logging.DEBUG, "hidden", [{"n": 1}, {"n": 2}])
+    assert (stream.getvalue(), stream.flushes) == ("", 0)
+
+
+def _without_time(line: dict[str, object]) -> dict[str, object]:
+    return {name: value for name, value in line.items() if name != "ts"}
+
+
+def test_a_row_that_fails_to_format_loses_no_other_line(
+    counted: tuple[logging.Logger, CountingStream], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A row that cannot be formatted is reported (logging's handleError); the group's other
+    lines are still written together, and the next line on its own."""
+
+    class Unprintable:
+        def __str__(self) -> str:
+            raise RuntimeError("no text")
+
+    logger, stream = counted
+    log_rows(logger, logging.INFO, "group", [{"n": 1}, {"n": Unprintable()}, {"n": 3}])
+    log_fields(logger, logging.INFO, "after")
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(line["msg"], line.get("n")) for line in lines] == [
+        ("group", 1),
+        ("group", 3),
+        ("after", None),
+    ]
+    assert stream.writes == 2
+    assert "RuntimeError: no text" in capsys.readouterr().err
