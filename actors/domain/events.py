@@ -33,6 +33,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
+import orjson
 
 from actors.domain.ids import new_uuid
 
@@ -435,7 +436,8 @@ def _deeper_than(value: Any, limit: int) -> bool:
 def _encode(
     event_id: str, user_id: str, event_type: str, timestamp: str, payload_bytes: bytes
 ) -> bytes:
-    """The canonical bytes, as ``_compact`` of the five fields in order would give them."""
+    """The canonical bytes: the five fields in order, compact, the payload as
+    :func:`_payload_bytes` writes it."""
     # encode_basestring is what json.dumps(ensure_ascii=False) uses for a string, minus the
     # call's overhead, which is most of the cost for strings this short.
     head = (
@@ -497,7 +499,18 @@ class EventFilter:
 
 
 def _payload_bytes(payload: Mapping[str, Any]) -> bytes:
-    return _compact(payload).encode()
+    """The payload's compact JSON in UTF-8, every object's keys in their order.
+
+    # NOTE: orjson encodes a payload in a tenth of the time the standard encoder takes, which
+    # was the largest single cost of a batch event. What it refuses (a lone surrogate, nesting
+    # past its own limit) goes to the standard encoder, whose error the callers already turn
+    # into a problem. Floats may be written differently by the two (``1e16``, ``1e+16``): the
+    # same value, and one process only ever encodes a payload with the same one.
+    """
+    try:
+        return orjson.dumps(payload)
+    except orjson.JSONEncodeError:
+        return _compact(payload).encode()
 
 
 def _not_json(error: UnicodeEncodeError) -> str:

@@ -9,8 +9,8 @@ Synopsis::
     configure_logging("INFO")
     log = logging.getLogger("actors.consumer")
     log_fields(log, logging.INFO, "event.consumed", eventId="...", userId="u1")
-    # {"ts": "...", "level": "INFO", "logger": "actors.consumer", "msg": "event.consumed",
-    #  "eventId": "...", "userId": "u1"}
+    # {"ts":"...","level":"INFO","logger":"actors.consumer","msg":"event.consumed",
+    #  "eventId":"...","userId":"u1"}
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import logging
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
+
+import orjson
 
 from actors.domain.events import utc_timestamp_at
 
@@ -44,11 +46,30 @@ class JsonLineFormatter(logging.Formatter):
         line.update(getattr(record, _FIELDS_ATTRIBUTE, {}))
         if record.exc_info:
             line["error"] = self.formatException(record.exc_info)
+        return _encode_line(line)
+
+
+def _encode_line(line: Mapping[str, Any]) -> str:
+    """The line as the standard encoder writes it: compact, ``ensure_ascii``, ``default=str``.
+
+    # NOTE: orjson writes a consumer's line in a sixth of the time (0.6 against 3.8 µs),
+    # which counts on its line per event. It cannot escape non-ASCII text and refuses some
+    # values (an integer past 64 bits, a key that is not a string): those lines are written by
+    # the standard encoder. Datetimes and dataclasses it hands to ``default`` as the standard
+    # encoder does; an enum it writes as its value, where ``str`` would give ``Class.MEMBER``,
+    # and NaN as ``null`` (the standard encoder writes ``NaN``, which is not JSON).
+    """
+    try:
+        fast = orjson.dumps(line, default=str, option=_PASS_TO_DEFAULT)
+    except orjson.JSONEncodeError:
         return _LINE_ENCODER.encode(line)
+    return fast.decode("ascii") if fast.isascii() else _LINE_ENCODER.encode(line)
 
 
 #: One encoder for every line: ``json.dumps`` with options builds a new one per call.
-_LINE_ENCODER = json.JSONEncoder(ensure_ascii=True, default=str)
+_LINE_ENCODER = json.JSONEncoder(ensure_ascii=True, default=str, separators=(",", ":"))
+
+_PASS_TO_DEFAULT = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 
 
 class JsonLinesHandler(logging.StreamHandler[TextIO]):

@@ -597,6 +597,32 @@ def test_the_one_encoding_equals_a_fresh_canonical_dump(payload: dict[str, Any])
     assert posted.to_json() is posted.encoded
 
 
+@pytest.mark.parametrize(
+    "number",
+    [1e16, 1e-7, -0.0, 5e-324, 1.7976931348623157e308, 0.1, 2**63 - 1, -(2**63), 10**18],
+    ids=repr,
+)
+def test_a_payload_number_keeps_its_value_through_both_doors(number: float) -> None:
+    """Whatever notation a number is written in, it reads back as the same value, and the
+    consumer's encoding of a posted event is the posted one, byte for byte."""
+    posted = event_from_request(
+        body(userId="u", eventType="LOGIN", payload={"n": number, "l": [number]}), LIMITS
+    )
+    assert json.loads(posted.encoded)["payload"] == {"n": number, "l": [number]}
+    assert repr(json.loads(posted.encoded)["payload"]["n"]) == repr(number)  # -0.0 stays -0.0
+    assert decode_event(posted.encoded, LIMITS).encoded == posted.encoded
+
+
+def test_a_payload_deeper_than_the_fast_encoder_takes_is_encoded_all_the_same() -> None:
+    """Nesting past orjson's own limit (254) is still encoded, when the limits allow it."""
+    deep: Any = "leaf"
+    for _ in range(300):
+        deep = {"d": deep}
+    limits = default_limits(max_payload_depth=400, max_payload_bytes=10_000)
+    event = event_from_request(body(userId="u", eventType="LOGIN", payload=deep), limits)
+    assert json.loads(event.encoded)["payload"] == deep
+
+
 def test_payload_at_the_byte_limit_is_measured_on_its_encoding() -> None:
     """The limit counts the payload's compact UTF-8 bytes: one byte more is a problem."""
     limits = default_limits(max_payload_bytes=12)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import datetime
 import io
 import json
 import logging
+import pathlib
 from collections.abc import Iterator
 
 import pytest
@@ -29,10 +31,14 @@ def captured() -> Iterator[tuple[logging.Logger, io.StringIO]]:
     logger.propagate = True
 
 
-def test_hostile_user_id_stays_on_one_line(captured: tuple[logging.Logger, io.StringIO]) -> None:
-    """A userId with newline and escape characters gives exactly one valid JSON line."""
+@pytest.mark.parametrize("hostile", [HOSTILE, HOSTILE.replace("\u2028", "")], ids=["any", "ascii"])
+def test_hostile_user_id_stays_on_one_line(
+    captured: tuple[logging.Logger, io.StringIO], hostile: str
+) -> None:
+    """A userId with newline and escape characters gives exactly one valid JSON line (an
+    ASCII-only line and one with other text are written by different encoders)."""
     logger, stream = captured
-    log_fields(logger, logging.INFO, "event.consumed", userId=HOSTILE, eventId="e1")
+    log_fields(logger, logging.INFO, "event.consumed", userId=hostile, eventId="e1")
     output = stream.getvalue()
     assert output.endswith("\n")
     [line] = output.splitlines()
@@ -40,7 +46,7 @@ def test_hostile_user_id_stays_on_one_line(captured: tuple[logging.Logger, io.St
     assert "\x1b" not in line
     assert line.isascii()
     record = json.loads(line)
-    assert record["userId"] == HOSTILE
+    assert record["userId"] == hostile
     assert (record["msg"], record["eventId"], record["level"]) == ("event.consumed", "e1", "INFO")
     assert record["logger"] == "tests.unit.logs"
 
@@ -54,6 +60,30 @@ def test_hostile_message_stays_on_one_line(captured: tuple[logging.Logger, io.St
     assert record["msg"] == HOSTILE
     assert record["detail"] == {"who": HOSTILE}
     assert record["count"] == 3
+
+
+def test_values_of_every_kind_are_written_as_the_standard_encoder_would(
+    captured: tuple[logging.Logger, io.StringIO],
+) -> None:
+    """Numbers past 64 bits, non-ASCII text, datetimes and other objects: one ASCII JSON line,
+    each value as ``json.dumps(ensure_ascii=True, default=str)`` writes it."""
+    logger, stream = captured
+    when = datetime.datetime(2026, 12, 2, 10, 0, tzinfo=datetime.UTC)
+    fields: dict[str, object] = {
+        "big": 2**70,
+        "text": "Zoë ✓",
+        "when": when,
+        "path": pathlib.PurePosixPath("/tmp/x"),
+        "nested": {"n": [1, 2.5, None, True]},
+    }
+    for name, value in fields.items():
+        log_fields(logger, logging.INFO, "kinds", **{name: value})
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == len(fields)
+    for line, (name, value) in zip(lines, fields.items(), strict=True):
+        assert line.isascii()
+        written = line.split(',"msg":"kinds",', 1)[1]
+        assert written == json.dumps({name: value}, default=str, separators=(",", ":"))[1:]
 
 
 def test_exception_traceback_is_inside_the_json_line(
