@@ -31,7 +31,6 @@ with ``send_nowait`` as events are stored. A subscriber that lets its channel fi
 from __future__ import annotations
 
 import logging
-import uuid
 from array import array
 
 import attrs
@@ -67,6 +66,7 @@ __all__ = [
     "ProcessedEvents",
     "StreamOptions",
     "Subscribers",
+    "index_key",
     "run_store",
 ]
 
@@ -109,7 +109,7 @@ class ProcessedEvents:
         self._partitions = array("i")
         self._offsets = array("q")
         self._head = 0
-        # eventId (as _key makes it) -> position: idempotency and lookup by id in one index.
+        # eventId (as index_key makes it) -> position: idempotency and lookup by id in one index.
         self._positions: dict[bytes | str, int] = {}
         # Position of the event at index _head.
         self._first_position = 0
@@ -127,7 +127,7 @@ class ProcessedEvents:
     def put_if_absent(
         self, event_id: str, encoded: bytes, source: Placed | None = None
     ) -> PutOutcome:
-        key = _key(event_id)
+        key = index_key(event_id)
         if key in self._positions:
             return Duplicate()
         self._positions[key] = self.end
@@ -141,7 +141,7 @@ class ProcessedEvents:
 
     def get(self, event_id: str) -> FoundEvent | EventNotFound:
         """The event with this eventId, if it is held: one dictionary lookup."""
-        position = self._positions.get(_key(event_id))
+        position = self._positions.get(index_key(event_id))
         if position is None:
             return EventNotFound()
         index = self._index(position)
@@ -233,14 +233,27 @@ class ProcessedEvents:
         )
 
 
-def _key(event_id: str) -> bytes | str:
-    """How the index keys an eventId: a canonical UUID as its 16 bytes (49 B instead of the
-    string's 85), anything else as it is, so that no two eventIds share a key."""
+def index_key(event_id: str) -> bytes | str:
+    """How the index keys an eventId: a canonical UUID (``str(uuid.UUID(x)) == x``: lowercase
+    hex, hyphens after digits 8, 12, 16 and 20) as its 16 bytes (49 B instead of the string's
+    85), anything else as it is, so that no two eventIds share a key.
+
+    # NOTE: read with bytes.fromhex rather than through uuid.UUID and back to text, which cost
+    # as much as the rest of storing an event.
+    """
+    if (
+        len(event_id) != 36
+        or not event_id[8] == event_id[13] == event_id[18] == event_id[23] == "-"
+    ):
+        return event_id
+    digits = event_id.replace("-", "")
     try:
-        parsed = uuid.UUID(event_id)
+        raw = bytes.fromhex(digits)
     except ValueError:
         return event_id
-    return parsed.bytes if str(parsed) == event_id else event_id
+    # 16 bytes: 32 hex digits and nothing else (fromhex skips whitespace); no capitals.
+    canonical = len(digits) == 32 and len(raw) == 16 and event_id.lower() == event_id
+    return raw if canonical else event_id
 
 
 @attrs.frozen(kw_only=True)

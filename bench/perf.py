@@ -768,7 +768,18 @@ def main() -> None:
         help="a setting of the service other than its default (to compare settings)",
     )
     parser.add_argument("--post-only", action="store_true", help="only the POST figures")
+    parser.add_argument(
+        "--round-trip",
+        metavar="BOOTSTRAP",
+        help="only the bare producer's round trip, to the broker at BOOTSTRAP (any broker, "
+        "e.g. Apache Kafka from scripts/kafka-broker)",
+    )
     args = parser.parse_args()
+    if args.round_trip:
+        trip = producer_round_trip(args.round_trip, FULL.e2e_samples * 3)
+        print(f"bare producer round trip to {args.round_trip}: ", end="")
+        print(f"p50 {trip['p50_ms']:.2f} ms, p99 {trip['p99_ms']:.2f} ms")
+        return
     settings = dict(assignment.split("=", 1) for assignment in args.set)
     profile = TINY if args.tiny else FULL
     wrk = shutil.which("wrk")

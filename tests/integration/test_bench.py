@@ -59,16 +59,23 @@ def test_tiny_benchmark_reports_every_figure(tmp_path: Path) -> None:
     store = service["store"]
     assert _finite(store["rss_bytes_per_event"])
     assert _finite(store["get_ms_at_1000"])
-    assert service["batch"] == {} or _finite(service["batch"]["events_per_s"])
+    assert _finite(service["batch"]["events_per_s"])
+    assert _finite(service["batch"]["cpu_ms_per_event"])
     assert _finite(figures["floor"]["round_trip"]["p50_ms"])
 
 
-def test_cost_of_metrics_runs_both_sides_and_reports_the_paired_cost() -> None:
+@pytest.mark.parametrize(
+    ("route", "unit"), [("generate", "POST/s"), ("batch", "event/s")], ids=["generate", "batch"]
+)
+def test_cost_of_metrics_runs_both_sides_and_reports_the_paired_cost(route: str, unit: str) -> None:
     """One round of each side (the service with and without its metrics recordings, which
-    must still find every recording it switches off) and the summary lines."""
+    must still find every recording it switches off) and the summary lines, for single POSTs
+    and for batches (figures per event)."""
     result = run_bench(
-        "bench/cost_of_change.py", "--baseline", "metrics-off", "--rounds", "1", "--seconds", "1"
+        "bench/cost_of_change.py",
+        *("--baseline", "metrics-off", "--rounds", "1", "--seconds", "1", "--route", route),
     )
     assert "round 1  baseline" in result.stdout
     assert "round 1  this checkout" in result.stdout
+    assert f"median {unit}" in result.stdout
     assert "median of paired rounds" in result.stdout

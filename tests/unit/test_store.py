@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import AsyncIterator
 
 import pytest
@@ -23,7 +24,7 @@ from actors.domain.messages import (
     Stored,
 )
 from actors.runtime.health import ActorState, Health
-from actors.store import EVENT_OVERHEAD_BYTES, ProcessedEvents, run_store
+from actors.store import EVENT_OVERHEAD_BYTES, ProcessedEvents, index_key, run_store
 
 
 def make_event(user_id: str = "u1", **payload: object) -> UserEvent:
@@ -319,3 +320,60 @@ async def test_put_many_answers_each_event_in_order_with_one_reply() -> None:
     assert health.counters["stored"] == 2
     assert health.counters["duplicates"] == 2
     assert health.gauges["store_events"] == 2
+
+
+def _reference_key(event_id: str) -> bytes | str:
+    """The index key by its definition: the UUID's bytes when ``str(uuid.UUID(x)) == x``."""
+    try:
+        parsed = uuid.UUID(event_id)
+    except ValueError:
+        return event_id
+    return parsed.bytes if str(parsed) == event_id else event_id
+
+
+def _near_canonical(canonical: str) -> list[str]:
+    """Spellings that uuid.UUID reads as the same UUID, or almost a UUID, but not canonical."""
+    digits = canonical.replace("-", "")
+    return [
+        canonical.upper(),
+        canonical[:9] + canonical[9].upper() + canonical[10:],
+        "{" + canonical + "}",
+        "urn:uuid:" + canonical,
+        digits,
+        digits[:8]
+        + "-"
+        + digits[8:13]
+        + "-"
+        + digits[13:16]
+        + "-"
+        + digits[16:20]
+        + "-"
+        + digits[20:],
+        canonical[:35] + "-",
+        canonical[:35] + " ",
+        canonical[:14] + " " + canonical[15:],
+        canonical[:14] + "\u0660" + canonical[15:],  # ARABIC-INDIC DIGIT ZERO: int() reads it
+        canonical[:14] + "g" + canonical[15:],
+        canonical[:-1],
+        canonical + "0",
+        canonical.replace("-", " "),
+    ]
+
+
+def test_the_index_key_is_the_uuid_bytes_exactly_for_canonical_event_ids() -> None:
+    """Keys as 16 bytes for canonical UUIDs, the text for everything else: the definition, on
+    random UUIDs, the edge values, and spellings one character away from canonical."""
+    canonical = [str(uuid.uuid4()) for _ in range(200)]
+    canonical += [
+        str(uuid.UUID(int=0)),
+        str(uuid.UUID(int=2**128 - 1)),
+        "0" * 8 + "-1234-5678-9abc-" + "0" * 12,
+    ]
+    candidates = canonical + [
+        near for one in canonical[:50] + canonical[-3:] for near in _near_canonical(one)
+    ]
+    candidates += ["", "x", "-" * 36, " " * 36]
+    for event_id in candidates:
+        assert index_key(event_id) == _reference_key(event_id), event_id
+    assert all(isinstance(index_key(one), bytes) for one in canonical)
+    assert len({index_key(one) for one in candidates}) == len(set(candidates))
