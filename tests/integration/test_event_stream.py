@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import statistics
 import threading
 import time
 import uuid
@@ -200,24 +201,37 @@ def test_a_subscriber_that_reads_nothing_does_not_slow_posting_or_consuming(
     process_control: Spawn,
 ) -> None:
     """POST-to-stored throughput of 30 KB events with 4 stuck subscribers attached (buffer 50:
-    they overflow and are dropped) is within 30% of the throughput without them; runs
-    alternate to cancel drift on a shared machine, and the best of each kind is compared."""
+    they overflow and are dropped) is within 30% of the throughput without them.
+
+    Runs come in pairs, one of each kind back to back, and the median of the pairs' ratios is
+    compared: the two runs of a pair share the machine's moment. Which kind goes first
+    alternates, since each run leaves the topic larger and the broker a little slower."""
     app = process_control({"STREAM_BUFFER_EVENTS": "50"})
     throughput(app, 50)  # warm-up: producer id, connections
     without, with_stuck = [], []
-    for _ in range(3):
-        without.append(throughput(app, 200))
+
+    def run_with_stuck_subscribers() -> None:
         sockets = [stuck_subscriber(app.base_url) for _ in range(4)]
         try:
             with_stuck.append(throughput(app, 200))
         finally:
             for sock in sockets:
                 sock.close()
-    ratio = max(with_stuck) / max(without)
+
+    for pair in range(4):
+        if pair % 2 == 0:
+            without.append(throughput(app, 200))
+            run_with_stuck_subscribers()
+        else:
+            run_with_stuck_subscribers()
+            without.append(throughput(app, 200))
+    ratios = [stuck / free for stuck, free in zip(with_stuck, without, strict=True)]
+    ratio = statistics.median(ratios)
     overflows = app.health().json()["counters"].get("stream_overflows", 0)
     print(
         f"events/s without {[round(t) for t in without]}, with 4 stuck subscribers "
-        f"{[round(t) for t in with_stuck]}; ratio of bests {ratio:.2f}; overflows {overflows}"
+        f"{[round(t) for t in with_stuck]}; median ratio of pairs {ratio:.2f}; "
+        f"overflows {overflows}"
     )
     assert overflows >= 4, "the stuck subscribers were never dropped"
     assert ratio > 0.7

@@ -68,7 +68,9 @@ def test_a_100_mb_listing_is_streamed_without_freezing_or_copying(
     )
     rss_before = rss_bytes(app.pid)
 
-    body = bytearray()
+    # NOTE: chunks in a list, joined at the end: growing one 100 MB bytearray copies it on
+    # reallocation while holding the GIL, which would stall this process's own probe thread.
+    chunks: list[bytes] = []
     done = threading.Event()
 
     def slow_reader() -> None:
@@ -78,7 +80,7 @@ def test_a_100_mb_listing_is_streamed_without_freezing_or_copying(
         ):
             assert response.status_code == 200
             for chunk in response.iter_raw(256 * 1024):
-                body.extend(chunk)
+                chunks.append(chunk)
                 time.sleep(0.004)
         done.set()
 
@@ -93,8 +95,9 @@ def test_a_100_mb_listing_is_streamed_without_freezing_or_copying(
             latencies.append(time.perf_counter() - started)
             peak_rss = max(peak_rss, rss_bytes(app.pid))
     reader.join(30)
+    body = b"".join(chunks)
 
-    listing: list[dict[str, Any]] = httpx.Response(200, content=bytes(body)).json()
+    listing: list[dict[str, Any]] = httpx.Response(200, content=body).json()
     growth = peak_rss - rss_before
     p95 = statistics.quantiles(latencies, n=20)[-1] if len(latencies) >= 20 else max(latencies)
     print(
