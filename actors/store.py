@@ -30,6 +30,7 @@ with ``send_nowait`` as events are stored. A subscriber that lets its channel fi
 
 from __future__ import annotations
 
+import bisect
 import logging
 from array import array
 
@@ -74,8 +75,8 @@ log = logging.getLogger(__name__)
 
 #: Memory one stored event costs beyond its JSON bytes, counted against ``max_bytes``: the
 #: bytes object's header (33), its eventId as a 16-byte key (49), that key's entry in the index
-#: with the position it maps to (about 90), its slots in the two lists and the partition and
-#: offset arrays (28): 204 at most, right after the index grew, measured with tracemalloc on
+#: with the position it maps to (about 90), its slot in the list and in the partition, offset
+#: and end arrays (28): 204 at most, right after the index grew, measured with tracemalloc on
 #: CPython 3.11 (tests/unit/test_store_queries.py measures it again).
 EVENT_OVERHEAD_BYTES = 210
 
@@ -105,9 +106,16 @@ class ProcessedEvents:
         self.max_bytes = max_bytes
         # Parallel sequences; indexes below _head are evicted slots awaiting compaction.
         self._encoded: list[bytes] = []
-        self._keys: list[bytes | str] = []
         self._partitions = array("i")
         self._offsets = array("q")
+        # The bytes of every event ever stored up to and including this one, each with the
+        # comma that follows it in a listing: where a page of at most max_bytes ends is one
+        # bisection instead of a loop over its events.
+        self._ends = array("q")
+        self._written = 0
+        # Eviction finds an event's key again from its eventId in its encoding (where every
+        # canonical encoding has it); this holds the keys of events whose encoding does not.
+        self._keys_elsewhere: dict[int, bytes | str] = {}
         self._head = 0
         # eventId (as index_key makes it) -> position: idempotency and lookup by id in one index.
         self._positions: dict[bytes | str, int] = {}
@@ -130,9 +138,12 @@ class ProcessedEvents:
         key = index_key(event_id)
         if key in self._positions:
             return Duplicate()
+        if not _carries_event_id(encoded, event_id):
+            self._keys_elsewhere[self.end] = key
         self._positions[key] = self.end
         self._encoded.append(encoded)
-        self._keys.append(key)
+        self._written += len(encoded) + 1
+        self._ends.append(self._written)
         self._partitions.append(-1 if source is None else source.partition)
         self._offsets.append(-1 if source is None else source.offset)
         self.bytes += len(encoded) + EVENT_OVERHEAD_BYTES
@@ -157,17 +168,24 @@ class ProcessedEvents:
 
     def _evict_beyond_bounds(self) -> None:
         while len(self) > self.max_events or (self.bytes > self.max_bytes and len(self) > 1):
-            del self._positions[self._keys[self._head]]
+            del self._positions[self._key_of_oldest()]
             self.bytes -= len(self._encoded[self._head]) + EVENT_OVERHEAD_BYTES
             self._head += 1
             self._first_position += 1
             self.evicted += 1
         if self._head >= _COMPACT_AFTER and self._head * 2 >= len(self._encoded):
             del self._encoded[: self._head]
-            del self._keys[: self._head]
             del self._partitions[: self._head]
             del self._offsets[: self._head]
+            del self._ends[: self._head]
             self._head = 0
+
+    def _key_of_oldest(self) -> bytes | str:
+        key = self._keys_elsewhere.pop(self._first_position, None)
+        if key is not None:
+            return key
+        encoded = self._encoded[self._head]
+        return index_key(encoded[_EVENT_ID_AT : _EVENT_ID_AT + _EVENT_ID_LENGTH].decode())
 
     def read(
         self,
@@ -192,16 +210,18 @@ class ProcessedEvents:
         if limit is not None:
             stop = min(stop, index + limit)
         taken = index
-        size = 0
-        while taken < stop and (taken == index or size + len(self._encoded[taken]) <= max_bytes):
-            size += len(self._encoded[taken]) + 1
-            taken += 1
+        if index < stop:
+            # Events index..t-1 and their commas, plus event t, fit in max_bytes exactly when
+            # _ends[t] <= the bytes before event index + max_bytes + 1; the first always fits.
+            before = self._ends[index] - len(self._encoded[index]) - 1
+            fitting = bisect.bisect_right(self._ends, before + max_bytes + 1, index, stop)
+            taken = max(fitting, index + 1)
         following = position + (taken - index)
         return EventsPage(
             events=tuple(self._encoded[index:taken]),
             next=following,
             end=end,
-            positions=tuple(range(position, following)),
+            positions=range(position, following),
         )
 
     def _read_filtered(
@@ -231,6 +251,20 @@ class ProcessedEvents:
             end=end,
             positions=tuple(positions),
         )
+
+
+#: Where a canonical encoding holds the eventId (after ``{"eventId":"``), and how long it is.
+_EVENT_ID_AT = len(b'{"eventId":"')
+_EVENT_ID_LENGTH = 36
+
+
+def _carries_event_id(encoded: bytes, event_id: str) -> bool:
+    """Whether ``encoded`` holds ``event_id`` where a canonical encoding holds it."""
+    return (
+        len(event_id) == _EVENT_ID_LENGTH
+        and encoded.startswith(b'{"eventId":"')
+        and encoded[_EVENT_ID_AT : _EVENT_ID_AT + _EVENT_ID_LENGTH] == event_id.encode()
+    )
 
 
 def index_key(event_id: str) -> bytes | str:

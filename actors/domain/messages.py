@@ -16,6 +16,7 @@ Mailboxes:
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from typing import Literal, TypeVar
 
 import attrs
@@ -185,8 +186,9 @@ class EventsPage:
     next: int
     #: The position after the newest event when the listing began: the listing ends there.
     end: int
-    #: The position of each event in ``events``.
-    positions: tuple[int, ...] = ()
+    #: The position of each event in ``events`` (a ``range`` for a run of consecutive ones,
+    #: which costs nothing per event).
+    positions: Sequence[int] = ()
 
     @property
     def last(self) -> bool:

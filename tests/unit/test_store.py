@@ -377,3 +377,20 @@ def test_the_index_key_is_the_uuid_bytes_exactly_for_canonical_event_ids() -> No
         assert index_key(event_id) == _reference_key(event_id), event_id
     assert all(isinstance(index_key(one), bytes) for one in canonical)
     assert len({index_key(one) for one in candidates}) == len(set(candidates))
+
+
+@pytest.mark.parametrize("canonical", [True, False], ids=["id-in-encoding", "id-elsewhere"])
+def test_eviction_forgets_exactly_the_evicted_event_ids(canonical: bool) -> None:
+    """Whether or not an event's encoding carries its eventId where a canonical one does,
+    eviction forgets the oldest ids and only those: they are stored again, the held ones are
+    duplicates."""
+    events = ProcessedEvents(max_events=3, max_bytes=1 << 20)
+    made = [make_event(f"u{n}") for n in range(7)]
+    ids = [event.event_id if canonical else f"id-{n}" for n, event in enumerate(made)]
+    for event_id, event in zip(ids, made, strict=True):
+        assert events.put_if_absent(event_id, event.to_json()) == Stored()
+    assert [events.put_if_absent(i, b"{}") for i in ids[4:]] == [Duplicate()] * 3
+    assert events.evicted == 4
+    assert events.put_if_absent(ids[0], made[0].to_json()) == Stored()
+    assert events.put_if_absent(ids[4], made[4].to_json()) == Stored()  # evicted by ids[0]
+    assert events.put_if_absent(ids[6], b"{}") == Duplicate()
