@@ -37,7 +37,7 @@ from array import array
 import attrs
 import trio
 
-from actors.domain.events import EventFilter, UserEvent
+from actors.domain.events import EVENT_ID_BYTES, EventFilter, UserEvent
 from actors.domain.messages import (
     Duplicate,
     EventNotFound,
@@ -113,8 +113,9 @@ class ProcessedEvents:
         # bisection instead of a loop over its events.
         self._ends = array("q")
         self._written = 0
-        # Eviction finds an event's key again from its eventId in its encoding (where every
-        # canonical encoding has it); this holds the keys of events whose encoding does not.
+        # Eviction finds an event's key again from the eventId in its encoding (at
+        # EVENT_ID_BYTES, where every canonical encoding has it); this holds the keys of events
+        # whose encoding does not carry their eventId there.
         self._keys_elsewhere: dict[int, bytes | str] = {}
         self._head = 0
         # eventId (as index_key makes it) -> position: idempotency and lookup by id in one index.
@@ -138,7 +139,7 @@ class ProcessedEvents:
         key = index_key(event_id)
         if key in self._positions:
             return Duplicate()
-        if not _carries_event_id(encoded, event_id):
+        if encoded[EVENT_ID_BYTES] != event_id.encode():
             self._keys_elsewhere[self.end] = key
         self._positions[key] = self.end
         self._encoded.append(encoded)
@@ -184,8 +185,7 @@ class ProcessedEvents:
         key = self._keys_elsewhere.pop(self._first_position, None)
         if key is not None:
             return key
-        encoded = self._encoded[self._head]
-        return index_key(encoded[_EVENT_ID_AT : _EVENT_ID_AT + _EVENT_ID_LENGTH].decode())
+        return index_key(self._encoded[self._head][EVENT_ID_BYTES].decode())
 
     def read(
         self,
@@ -253,20 +253,6 @@ class ProcessedEvents:
         )
 
 
-#: Where a canonical encoding holds the eventId (after ``{"eventId":"``), and how long it is.
-_EVENT_ID_AT = len(b'{"eventId":"')
-_EVENT_ID_LENGTH = 36
-
-
-def _carries_event_id(encoded: bytes, event_id: str) -> bool:
-    """Whether ``encoded`` holds ``event_id`` where a canonical encoding holds it."""
-    return (
-        len(event_id) == _EVENT_ID_LENGTH
-        and encoded.startswith(b'{"eventId":"')
-        and encoded[_EVENT_ID_AT : _EVENT_ID_AT + _EVENT_ID_LENGTH] == event_id.encode()
-    )
-
-
 def index_key(event_id: str) -> bytes | str:
     """How the index keys an eventId: a canonical UUID (``str(uuid.UUID(x)) == x``: lowercase
     hex, hyphens after digits 8, 12, 16 and 20) as its 16 bytes (49 B instead of the string's
@@ -285,8 +271,8 @@ def index_key(event_id: str) -> bytes | str:
         raw = bytes.fromhex(digits)
     except ValueError:
         return event_id
-    # 16 bytes: 32 hex digits and nothing else (fromhex skips whitespace); no capitals.
-    canonical = len(digits) == 32 and len(raw) == 16 and event_id.lower() == event_id
+    # 16 bytes: all 32 characters left were hex digits (fromhex skips whitespace); no capitals.
+    canonical = len(raw) == 16 and event_id.lower() == event_id
     return raw if canonical else event_id
 
 

@@ -38,6 +38,7 @@ import orjson
 from actors.domain.ids import new_uuid
 
 __all__ = [
+    "EVENT_ID_BYTES",
     "EVENT_TYPES",
     "EventFilter",
     "InvalidRequest",
@@ -447,9 +448,12 @@ def _encode(
     return head.encode() + payload_bytes + b"}"
 
 
-#: Where ``"userId":`` starts in every canonical encoding: after ``{"eventId":"``, the 36
-#: characters of a canonical UUID (both doors require one) and ``",``.
-_USER_ID_AT = len('{"eventId":"') + 36 + len('",')
+#: Where every canonical encoding holds its eventId: after ``{"eventId":"``, the 36 characters
+#: of a canonical UUID (both doors require one).
+EVENT_ID_BYTES = slice(len('{"eventId":"'), len('{"eventId":"') + 36)
+
+#: Where ``"userId":`` starts in every canonical encoding: after the eventId and ``",``.
+_USER_ID_AT = EVENT_ID_BYTES.stop + len('",')
 
 _EVENT_TYPE_FIELD = b',"eventType":'
 
