@@ -304,7 +304,37 @@ def decode_event(value: bytes | None, limits: Limits) -> UserEvent:
     """
     if value is None:
         raise MalformedEvent("null value (tombstone)")
-    document = _parse_json(value)
+    canonical = _canonical_event(value, limits)
+    if canonical is not None:
+        return canonical
+    return _stored_event(_parse_json(value), limits)
+
+
+def _canonical_event(value: bytes, limits: Limits) -> UserEvent | None:
+    """The event ``value`` is the canonical encoding of, as every event this service publishes
+    is; ``None`` for anything else, which the strict decoder then judges.
+
+    # NOTE: orjson parses an event in a fifth of the time the strict decoder takes, but it is
+    # not strict: it keeps the last of duplicate keys and reads integers up to 2**64. Bytes
+    # equal to the canonical encoding re-made from what orjson read hold each key once (the
+    # encoding writes every key once) and only numbers written as orjson writes the values it
+    # read, so the one thing left to check is an integer in [2**63, 2**64).
+    """
+    try:
+        event = _stored_event(orjson.loads(value), limits)
+    except (orjson.JSONDecodeError, MalformedEvent):
+        return None
+    if event.encoded != value or _holds_uint64(event.payload):
+        return None
+    return event
+
+
+def _stored_event(document: Any, limits: Limits) -> UserEvent:
+    """The event a parsed Kafka message holds.
+
+    Raises:
+        MalformedEvent: ``document`` is not an object, or breaks the schema or the limits.
+    """
     if not isinstance(document, dict):
         raise MalformedEvent(f"JSON {type(document).__name__} instead of an object")
     problems, payload_bytes = _field_problems(document, limits, require_identity=True)
@@ -321,6 +351,20 @@ def decode_event(value: bytes | None, limits: Limits) -> UserEvent:
         )
     except UnicodeEncodeError as error:
         raise MalformedEvent(_not_json(error)) from None
+
+
+def _holds_uint64(payload: Mapping[str, Any]) -> bool:
+    """Whether the payload holds an integer of at least 2**63 (orjson reads those up to 2**64;
+    the strict decoder refuses them, as it does any integer outside int64)."""
+    stack: list[Any] = [payload]
+    while stack:
+        item = stack.pop()
+        for child in item.values() if isinstance(item, dict) else item:
+            if isinstance(child, dict | list):
+                stack.append(child)
+            elif type(child) is int and child >= _INT64:
+                return True
+    return False
 
 
 def _field_problems(

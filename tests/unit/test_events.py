@@ -9,6 +9,8 @@ import uuid
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from settings_support import default_limits
 
 from actors.domain.events import (
@@ -18,6 +20,8 @@ from actors.domain.events import (
     MalformedEvent,
     Problem,
     UserEvent,
+    _parse_json,
+    _stored_event,
     decode_event,
     event_from_request,
     utc_timestamp,
@@ -535,6 +539,124 @@ def test_decode_is_as_strict_as_the_http_door(raw: bytes, message: str) -> None:
     """Duplicate keys, NaN and out-of-range numbers are malformed in Kafka messages too."""
     with pytest.raises(MalformedEvent, match=f"^{re.escape(message)}$"):
         decode_event(raw, LIMITS)
+
+
+def canonical(payload_text: str) -> bytes:
+    """The canonical encoding of an event whose payload is written as ``payload_text``."""
+    head = UserEvent(
+        event_id=str(uuid.uuid4()),
+        user_id="u1",
+        event_type="LOGIN",
+        timestamp="2026-11-21T10:33:25.123Z",
+        payload={},
+    ).to_json()
+    assert head.endswith(b'"payload":{}}')
+    return head[: -len(b"{}}")] + payload_text.encode() + b"}"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {},
+        {"page": "/home", "n": [1, 2.5, None, True, "x"], "deep": {"a": {"b": []}}},
+        {"floats": [1e16, 5e-324, -0.0, 0.1, 1.7976931348623157e308, -2.5e-8]},
+        {"ints": [2**63 - 1, -(2**63), 0, -1]},
+        {"text": 'é ü \u2028 "quoted" \\ \n \u001b 😀', "ключ": "значение"},
+    ],
+)
+def test_decode_reads_each_canonical_encoding_back_exactly(payload: dict[str, Any]) -> None:
+    """An event's own encoding (what the service publishes) decodes to that event, its
+    encoding the very bytes read."""
+    event = UserEvent(
+        event_id=str(uuid.uuid4()),
+        user_id="ü\n\u0000",
+        event_type="PRODUCT_VIEW",
+        timestamp="2026-11-21T10:33:25.123+01:00",
+        payload=payload,
+    )
+    decoded = decode_event(event.to_json(), LIMITS)
+    assert decoded == event
+    assert decoded.encoded == event.to_json()
+
+
+@pytest.mark.parametrize(
+    ("payload_text", "message"),
+    [
+        ('{"k":1,"k":1}', "duplicate key 'k'"),
+        ('{"a":{"k":[],"k":[]}}', "duplicate key 'k'"),
+        (f'{{"x":{2**63}}}', "number out of range"),
+        (f'{{"x":[1,{{"y":{2**64 - 1}}}]}}', "number out of range"),
+        (f'{{"x":{2**64}}}', "number out of range"),
+        (f'{{"x":-{2**63 + 1}}}', "number out of range"),
+    ],
+)
+def test_decode_is_strict_about_compact_encodings_too(payload_text: str, message: str) -> None:
+    """Written exactly like a canonical encoding, a duplicate key or an integer outside int64
+    (up to 2**64, which orjson reads) is still malformed, for the strict decoder's reason."""
+    with pytest.raises(MalformedEvent, match=f"^{re.escape(message)}$"):
+        decode_event(canonical(payload_text), LIMITS)
+
+
+def test_decode_compact_duplicate_top_level_key_is_malformed() -> None:
+    """A canonical encoding with a second eventId appended is malformed, not the last one."""
+    raw = canonical("{}")[:-1] + b',"eventId":"00000000-0000-4000-8000-000000000000"}'
+    with pytest.raises(MalformedEvent, match=r"^duplicate key 'eventId'$"):
+        decode_event(raw, LIMITS)
+
+
+_JSON_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**65), max_value=2**65)
+    # Around the edges of int64 and of orjson's uint64, where the two decoders differ.
+    | st.integers(min_value=2**63 - 2, max_value=2**64 + 1)
+    | st.integers(min_value=-(2**63) - 2, max_value=-(2**63) + 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8)
+)
+_JSON_VALUES = st.recursive(
+    _JSON_SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def _strict_outcome(raw: bytes) -> tuple[str, Any]:
+    """What the strict decoder alone makes of ``raw``: the event's fields and bytes, or why not."""
+    try:
+        event = _stored_event(_parse_json(raw), LIMITS)
+    except MalformedEvent as malformed:
+        return "malformed", str(malformed)
+    return "event", (event.to_dict(), event.encoded)
+
+
+def _outcome(raw: bytes) -> tuple[str, Any]:
+    try:
+        event = decode_event(raw, LIMITS)
+    except MalformedEvent as malformed:
+        return "malformed", str(malformed)
+    return "event", (event.to_dict(), event.encoded)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    payload=st.dictionaries(st.text(max_size=6), _JSON_VALUES, max_size=5),
+    ensure_ascii=st.booleans(),
+    duplicate=st.booleans(),
+)
+def test_decode_agrees_with_the_strict_decoder(
+    payload: dict[str, Any], ensure_ascii: bool, duplicate: bool
+) -> None:
+    """For compact payloads however written (escaped or not, with a key repeated or not,
+    integers past int64 included), decode_event says exactly what the strict decoder says."""
+    text = json.dumps(payload, separators=(",", ":"), ensure_ascii=ensure_ascii)
+    if duplicate and payload:
+        first = json.dumps(next(iter(payload)), ensure_ascii=ensure_ascii)
+        text = f"{text[:-1]},{first}:null}}"
+    raw = canonical(text)
+    assert _outcome(raw) == _strict_outcome(raw)
 
 
 # --- to_json ----------------------------------------------------------------------------------
