@@ -46,6 +46,7 @@ from perf import (
     Process,
     Wrk,
     batch_body,
+    consumed_within,
     event_body,
 )
 
@@ -137,9 +138,15 @@ def one_round(
     process: Process, generator: Generator, load: Load, concurrency: int, seconds: float
 ) -> tuple[float, float]:
     """Events per second (of 2xx answers) of the service ``process`` and its CPU milliseconds
-    per event over ``seconds`` of closed-loop load."""
+    per event over ``seconds`` of closed-loop load, consuming them included.
+
+    The round starts once the service has consumed what earlier rounds published and ends once
+    it has consumed its own: no side's round is slowed by the other's leftover work.
+    """
+    consumed_within(process.port)
     cpu = process.cpu_seconds()
     result = generator.run(process.port, load.path, load.bodies, concurrency, seconds)
+    consumed_within(process.port)
     accepted = (result.requests - result.failed) * load.events_per_body
     cpu_ms = (process.cpu_seconds() - cpu) * 1000 / max(accepted, 1)
     return accepted / result.seconds, cpu_ms

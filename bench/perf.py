@@ -14,7 +14,8 @@ POST figures alternate between the two, a few rounds each, and show the median):
 - end to end: from the 201 until the eventId is listed by ``GET /events/processed``, idle and
   under a steady load of POSTs;
 - batch ingest (``POST /events/batch``, when the service has it): events/s, and how long the
-  consumer needs after the load stops until it has stored every published event;
+  consumer needs after the load stops until it has stored every published event, how many of
+  them the store counted (once each), and how many events the listing then shows, distinct;
 - the cost of ``GET /events/processed`` and the resident memory per stored event (marginal),
   with the store filled straight from the topic to each size (on a fresh broker and service);
 - the time from process start to ``/health`` 200.
@@ -34,6 +35,7 @@ import argparse
 import asyncio
 import http.client
 import json
+import math
 import os
 import shutil
 import statistics
@@ -48,7 +50,8 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-from confluent_kafka import Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from actors.devtools.local_broker import LocalBroker, free_port, local_broker
 from actors.domain.events import new_event
@@ -59,6 +62,10 @@ ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
 HOST = "127.0.0.1"
 TOPIC = "user-activity-events"  # the service's default KAFKA_TOPIC
+
+#: Where the bare producer's round trip writes: not the service's topic, whose consumer would
+#: store those events as if the service had published them.
+ROUND_TRIP_TOPIC = "bench-round-trip"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 #: Settings the benchmark gives the service; everything else is the default.
@@ -222,6 +229,22 @@ def request(port: int, method: str, path: str, body: bytes | None = None) -> tup
 def health(port: int) -> dict[str, Any]:
     _, body = request(port, "GET", "/health")
     return dict(json.loads(body))
+
+
+def consumed_within(port: int, timeout: float = 60) -> float:
+    """Seconds until the process has stored (or recognised as a duplicate) every event it
+    published: ``nan`` past ``timeout``, ``0`` at once for one that consumes nothing (the null
+    app's health has no counters)."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout:
+        counters = health(port).get("counters")
+        if counters is None:
+            return 0.0
+        consumed = counters.get("stored", 0) + counters.get("duplicates", 0)
+        if consumed >= counters.get("published", 0):
+            return time.perf_counter() - started
+        time.sleep(0.02)
+    return float("nan")
 
 
 def event_body(index: int) -> bytes:
@@ -389,10 +412,16 @@ def post_load(
 ) -> dict[str, float]:
     bodies = [event_body(index) for index in range(1000)]
     generator.run(process.port, "/events/generate", bodies, concurrency, profile.warmup_seconds)
+    # NOTE: the service goes on consuming what it published after the load stops. That work
+    # is part of what a POST costs it, and left running it would slow whatever is measured
+    # next (the null app's round): each round starts and ends only once the service has
+    # consumed everything.
+    consumed_within(process.port)
     cpu_before = process.cpu_seconds()
     result = generator.run(
         process.port, "/events/generate", bodies, concurrency, profile.post_seconds
     )
+    consumed_within(process.port)
     cpu = process.cpu_seconds() - cpu_before
     return {
         "req_per_s": result.per_second,
@@ -503,18 +532,12 @@ def batch_ingest(process: Process, generator: Generator, profile: Profile) -> di
         profile.batch_seconds,
     )
     load_stopped = time.perf_counter()
-    cpu = process.cpu_seconds() - cpu_before
-    after = health(process.port)["counters"]
-    published = after.get("published", 0) - before.get("published", 0)
-    target = after.get("published", 0)
-    drain = float("nan")
-    while time.perf_counter() - load_stopped < 60:
-        counters = health(process.port)["counters"]
-        if counters.get("stored", 0) + counters.get("duplicates", 0) >= target:
-            drain = time.perf_counter() - load_stopped
-            break
-        time.sleep(0.01)
+    waited = consumed_within(process.port)
+    drain = time.perf_counter() - load_stopped if math.isfinite(waited) else waited
+    cpu = process.cpu_seconds() - cpu_before  # consuming the events included
     counters = health(process.port)["counters"]
+    published = counters.get("published", 0) - before.get("published", 0)
+    listed, distinct = listed_events(process.port)
     return {
         "events_per_s": published / result.seconds,
         "batch_p50_ms": result.p50_ms,
@@ -525,7 +548,22 @@ def batch_ingest(process: Process, generator: Generator, profile: Profile) -> di
         "published": published,
         "stored_total": counters.get("stored", 0),
         "duplicates_total": counters.get("duplicates", 0),
+        # Each published event stored once (the store counts an eventId only the first time),
+        # and the listing of what the store holds (its oldest may be evicted) without repeats.
+        "stored": counters.get("stored", 0) - before.get("stored", 0),
+        "listed": listed,
+        "listed_distinct": distinct,
     }
+
+
+def listed_events(port: int) -> tuple[int, int]:
+    """How many events ``GET /events/processed`` lists, and how many distinct eventIds."""
+    lister = Poster(port)
+    try:
+        events = json.loads(lister.get("/events/processed"))
+    finally:
+        lister.close()
+    return len(events), len({event["eventId"] for event in events})
 
 
 def fill_topic(bootstrap: str, start: int, count: int) -> None:
@@ -555,6 +593,7 @@ def producer_round_trip(bootstrap: str, samples: int) -> dict[str, float]:
     settings = load_settings(_clean_environment() | SERVICE_ENV).kafka
     config = producer_config(attrs.evolve(settings, bootstrap_servers=bootstrap))
     config.pop("logger")
+    create_topic(bootstrap, ROUND_TRIP_TOPIC)
     producer = Producer(config)
     warm_up = 20
     latencies = []
@@ -564,7 +603,7 @@ def producer_round_trip(bootstrap: str, samples: int) -> dict[str, float]:
         acknowledged.clear()
         started = time.perf_counter()
         producer.produce(
-            TOPIC,
+            ROUND_TRIP_TOPIC,
             key=event.user_id.encode(),
             value=event.to_json(),
             on_delivery=lambda error, _: acknowledged.append(error),
@@ -579,6 +618,17 @@ def producer_round_trip(bootstrap: str, samples: int) -> dict[str, float]:
         "p50_ms": _quantile(latencies, 0.50) * 1000,
         "p99_ms": _quantile(latencies, 0.99) * 1000,
     }
+
+
+def create_topic(bootstrap: str, name: str) -> None:
+    """Create the topic ``name`` with one partition, unless it exists."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})  # alive until the answer is in
+    future = admin.create_topics([NewTopic(name, num_partitions=1)], request_timeout=10)[name]
+    try:
+        future.result(timeout=15)
+    except KafkaException as error:
+        if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+            raise
 
 
 def wait_stored(port: int, count: int, timeout: float = 120) -> None:
@@ -717,6 +767,10 @@ def table(results: dict[str, Any]) -> str:
         row("batch ingest", batch["events_per_s"], None, "events/s", 0)
         row("CPU per batched event", batch["cpu_ms_per_event"], None, "ms", 4)
         row("consumer drain after load", batch["drain_s"], None, "s")
+        stored = f"{batch['stored']} of {batch['published']}"
+        rows.append(("batch events stored (once each)", stored, "-", "-"))
+        listed = f"{batch['listed']}, {batch['listed_distinct']} distinct"
+        rows.append(("events listed afterwards", listed, "-", "-"))
     elif batch is not None:
         rows.append(("batch ingest", "no /events/batch", "-", "-"))
     store = service_figures.get("store", {})

@@ -61,6 +61,10 @@ def test_tiny_benchmark_reports_every_figure(tmp_path: Path) -> None:
     assert _finite(store["get_ms_at_1000"])
     assert _finite(service["batch"]["events_per_s"])
     assert _finite(service["batch"]["cpu_ms_per_event"])
+    batch = service["batch"]
+    assert batch["published"] > 0
+    assert batch["stored"] == batch["published"], batch  # each batched event stored once
+    assert batch["listed"] == batch["listed_distinct"] >= batch["stored"], batch
     assert _finite(figures["floor"]["round_trip"]["p50_ms"])
 
 
