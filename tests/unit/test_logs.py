@@ -10,6 +10,7 @@ import pathlib
 from collections.abc import Iterator
 
 import pytest
+from support.services import polling_access_line
 
 from actors.runtime.logs import JsonLineFormatter, JsonLinesHandler, log_fields, log_rows
 
@@ -215,3 +216,19 @@ def test_a_row_that_fails_to_format_loses_no_other_line(
     ]
     assert stream.writes == 2
     assert "RuntimeError: no text" in capsys.readouterr().err
+
+
+def test_failure_output_leaves_out_the_access_lines_of_gets() -> None:
+    """A failing integration test shows the service's log tail without the access lines of
+    the GETs it polled with (as the service writes them), and keeps every other line."""
+    formatter = JsonLineFormatter()
+
+    def access_line(method: str) -> str:
+        record = logging.LogRecord("actors.http.access", logging.INFO, "", 0, "http", (), None)
+        record.structured_fields = {"method": method, "path": "/health", "status": 503}
+        return formatter.format(record)
+
+    assert polling_access_line(access_line("GET"))
+    assert not polling_access_line(access_line("POST"))
+    assert not polling_access_line('{"logger":"actors.kafka.librdkafka","msg":"REQTMOUT GET"}')
+    assert not polling_access_line('Traceback "actors.http.access" method GET')
