@@ -44,7 +44,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -231,18 +231,35 @@ def health(port: int) -> dict[str, Any]:
     return dict(json.loads(body))
 
 
+#: How long the service's counters must stay still before its consuming counts as done.
+SETTLED_SECONDS = 0.1
+
+
 def consumed_within(port: int, timeout: float = 60) -> float:
     """Seconds until the process has stored (or recognised as a duplicate) every event it
-    published: ``nan`` past ``timeout``, ``0`` at once for one that consumes nothing (the null
-    app's health has no counters)."""
+    published, and its counters then stayed still for :data:`SETTLED_SECONDS`: ``nan`` past
+    ``timeout``, ``0`` at once for one that consumes nothing (the null app's health has no
+    counters).
+
+    # NOTE: the consumer may store an event before the publisher has settled its delivery
+    # report, so "stored >= published" alone can hold while publishes are still being counted
+    # (the requests a load generator left in flight when it stopped).
+    """
     started = time.perf_counter()
+    settled: tuple[tuple[int, int], float] | None = None  # counters, and when first seen
     while time.perf_counter() - started < timeout:
         counters = health(port).get("counters")
         if counters is None:
             return 0.0
-        consumed = counters.get("stored", 0) + counters.get("duplicates", 0)
-        if consumed >= counters.get("published", 0):
-            return time.perf_counter() - started
+        now = time.perf_counter()
+        published = counters.get("published", 0)
+        reading = (published, counters.get("stored", 0) + counters.get("duplicates", 0))
+        if reading[1] < published:
+            settled = None
+        elif settled is None or settled[0] != reading:
+            settled = (reading, now)
+        elif now - settled[1] >= SETTLED_SECONDS:
+            return settled[1] - started
         time.sleep(0.02)
     return float("nan")
 
@@ -585,13 +602,16 @@ def fill_topic(bootstrap: str, start: int, count: int) -> None:
     producer.flush(60)
 
 
-def producer_round_trip(bootstrap: str, samples: int) -> dict[str, float]:
+def producer_round_trip(
+    bootstrap: str, samples: int, settings: Mapping[str, str] | None = None
+) -> dict[str, float]:
     """The broker's part of a confirmed POST at C=1: a bare confluent-kafka producer with the
-    service's producer settings (its defaults: idempotent, ``acks=all``, ``KAFKA_LINGER_MS``)
-    produces one event at a time and polls until the broker acknowledged it. No single POST
-    can answer 201 sooner than the null app's p50 plus this."""
-    settings = load_settings(_clean_environment() | SERVICE_ENV).kafka
-    config = producer_config(attrs.evolve(settings, bootstrap_servers=bootstrap))
+    service's producer settings (idempotent, ``acks=all``, ``KAFKA_LINGER_MS``: its defaults,
+    or as ``settings`` set them) produces one event at a time and polls until the broker
+    acknowledged it. No single POST can answer 201 sooner than the null app's p50 plus this."""
+    environment = _clean_environment() | SERVICE_ENV | dict(settings or {})
+    kafka = load_settings(environment).kafka
+    config = producer_config(attrs.evolve(kafka, bootstrap_servers=bootstrap))
     config.pop("logger")
     create_topic(bootstrap, ROUND_TRIP_TOPIC)
     producer = Producer(config)
@@ -704,7 +724,7 @@ def measure(
                 service_results[key] = _medians(rounds["service"])
                 floor_results[key] = _medians(rounds["floor"])
         floor_results["round_trip"] = producer_round_trip(
-            broker.bootstrap_servers, profile.e2e_samples * 3
+            broker.bootstrap_servers, profile.e2e_samples * 3, settings
         )
         if post_only:
             return {"service": service_results, "floor": floor_results}
@@ -829,12 +849,12 @@ def main() -> None:
         "e.g. Apache Kafka from scripts/kafka-broker)",
     )
     args = parser.parse_args()
+    settings = dict(assignment.split("=", 1) for assignment in args.set)
     if args.round_trip:
-        trip = producer_round_trip(args.round_trip, FULL.e2e_samples * 3)
+        trip = producer_round_trip(args.round_trip, FULL.e2e_samples * 3, settings)
         print(f"bare producer round trip to {args.round_trip}: ", end="")
         print(f"p50 {trip['p50_ms']:.2f} ms, p99 {trip['p99_ms']:.2f} ms")
         return
-    settings = dict(assignment.split("=", 1) for assignment in args.set)
     profile = TINY if args.tiny else FULL
     wrk = shutil.which("wrk")
     generator: Generator
